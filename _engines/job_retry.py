@@ -1,0 +1,68 @@
+"""
+Replay missed jobs to minions when they start (salt-job-retry).
+
+On ``salt/minion/<id>/start`` the engine republishes to that minion every job it
+is owed (queued by the sweep, or published while it was down and not swept
+yet), under the original jid, with ``metadata: {job_retry: {attempt: n}}``.
+Every ``interval`` seconds it runs the sweep. It fires
+``salt/job_retry/<jid>/queued|replayed|exhausted/<minion>`` for reactors.
+
+The engine never exits: Redis trouble is logged and retried with backoff.
+Engines start only with the master: restart it after installing or syncing.
+
+Configuration (master config; engine keyword arguments override the block):
+
+.. code-block:: yaml
+
+    job_retry:
+      enabled: true
+      redis_url: redis://127.0.0.1:6379/0
+      interval: 10
+    engines:
+      - job_retry: {}
+"""
+
+import logging
+import time
+
+log = logging.getLogger(__name__)
+
+__virtualname__ = "job_retry"
+
+try:
+    from salt_job_retry import replay, saltside
+    from salt_job_retry.config import ConfigError
+
+    IMPORT_ERROR = None
+except ImportError as exc:  # pragma: no cover - reported by __virtual__
+    IMPORT_ERROR = exc
+
+
+def __virtual__():
+    if IMPORT_ERROR is not None:
+        return False, f"job_retry: shared package salt_job_retry (or redis/msgpack) not importable: {IMPORT_ERROR}"
+    return __virtualname__
+
+
+def _idle(reason):
+    log.warning("job_retry engine: %s; the engine idles until the master restarts", reason)
+    while True:
+        time.sleep(3600)
+
+
+def start(**kwargs):
+    """Run the replay engine; never returns."""
+    import salt.utils.event
+
+    try:
+        conf = saltside.load_config(__opts__, {}, kwargs or None)
+    except ConfigError as exc:
+        _idle(f"invalid configuration: {exc}")
+    if not conf.enabled:
+        _idle("job_retry:enabled is false")
+    store = saltside.store_for(conf, {})
+    bus = salt.utils.event.get_master_event(__opts__, __opts__["sock_dir"], listen=True)
+    replayer = replay.Replayer(store, conf, saltside.make_publisher(__opts__), bus.fire_event)
+    loop = replay.EngineLoop(replayer, lambda wait: bus.get_event(wait=wait, full=True), conf.interval)
+    log.info("job_retry engine started (redis %s, sweep every %ss)", conf.redis_display, conf.interval)
+    loop.run_forever()

@@ -1,0 +1,103 @@
+"""
+Record Salt jobs and returns for salt-job-retry.
+
+Used as the master's ``event_return`` returner: from ``salt/job/<jid>/new`` it
+records the job (fun, arg with kwargs, tgt, tgt_type, user, time) and merges its
+target list; from ``salt/job/<jid>/ret/<id>`` it records that the minion returned.
+A whole batch of events costs one Redis round trip.
+
+Compatibility: ``event_return`` (master) and ``returner`` (``--return job_retry``,
+runs where the return is made and needs the same config there). Nothing else.
+
+If Redis is unreachable the events are kept in memory (``backlog_max``) and
+written when it is back; ``event_return`` never raises, because Salt would
+drop the batch. The Redis key layout is documented in ``salt_job_retry.store``.
+
+Configuration (master config):
+
+.. code-block:: yaml
+
+    job_retry:
+      enabled: true
+      redis_url: redis://127.0.0.1:6379/0
+    event_return: job_retry
+"""
+
+import importlib
+import logging
+
+import salt.config
+
+log = logging.getLogger(__name__)
+
+__virtualname__ = "job_retry"
+
+
+def _core():
+    """The shared package; from site-packages, or from extmods/utils after sync_all."""
+    try:
+        return importlib.import_module("salt_job_retry.recorder")
+    except ImportError:
+        # The returner loader, unlike the runner and engine loaders, does not put
+        # utils_dirs on sys.path; a first sync_all happens after the master started.
+        dirs = list(__opts__.get("utils_dirs") or [])
+        if __opts__.get("extension_modules"):
+            dirs.append(f"{__opts__['extension_modules']}/utils")
+        salt.config.insert_system_path(__opts__, dirs)
+        return importlib.import_module("salt_job_retry.recorder")
+
+
+def __virtual__():
+    try:
+        _core()
+    except ImportError as exc:
+        return False, f"job_retry: shared package salt_job_retry (or redis/msgpack) not importable: {exc}"
+    return __virtualname__
+
+
+def _recorder():
+    """The process's Recorder, or None when disabled or misconfigured (said once)."""
+    recorder = _core()
+    from salt_job_retry import saltside  # importable now that _core() succeeded
+    from salt_job_retry.config import ConfigError
+
+    conf_override = None
+    try:
+        raw = __opts__.get("job_retry")
+        if raw is None and "config.get" in __salt__:
+            conf_override = __salt__["config.get"]("job_retry") or None
+        conf = saltside.load_config(__opts__, __context__, conf_override)
+    except ConfigError as exc:
+        if __context__.get("job_retry.said") != str(exc):
+            log.error("job_retry returner: invalid configuration, recording nothing: %s", exc)
+            __context__["job_retry.said"] = str(exc)
+        return None
+    if not conf.enabled:
+        if not __context__.get("job_retry.said"):
+            log.info("job_retry returner: job_retry:enabled is false; recording nothing")
+            __context__["job_retry.said"] = "disabled"
+        return None
+    cached = __context__.get("job_retry.recorder")
+    if cached is None or cached.conf != conf:
+        cached = recorder.Recorder(saltside.store_for(conf, __context__), conf)
+        __context__["job_retry.recorder"] = cached
+    return cached
+
+
+def event_return(events):
+    """Record job and return events from the master's event bus. Never raises."""
+    try:
+        recorder = _recorder()
+        if recorder is not None:
+            recorder.record(events)
+    except Exception:  # pylint: disable=broad-except
+        log.exception("job_retry returner: unexpected error; %d event(s) not recorded", len(events or ()))
+
+
+def returner(ret):
+    """Record one minion's return (``--return job_retry``). Never raises."""
+    if not isinstance(ret, dict):
+        log.warning("job_retry returner: ignoring a return that is not a mapping")
+        return
+    tag = f"salt/job/{ret.get('jid')}/ret/{ret.get('id')}"
+    event_return([{"tag": tag, "data": ret}])

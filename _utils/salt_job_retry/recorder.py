@@ -1,0 +1,178 @@
+"""
+Turning Salt's job events into job_retry state (the returner's work).
+
+One call of ``Recorder.record(events)`` is one Redis round trip, whatever the
+batch size. It never raises: what could not be written (Redis down) is kept in
+a bounded in-memory backlog and written first on the next call.
+"""
+
+from __future__ import annotations
+
+import collections
+import datetime
+import fnmatch
+import logging
+import re
+import time
+from collections.abc import Iterable
+from typing import Any
+
+from .config import Config
+from .store import Batch, RedisUnavailable, Store, guard
+
+log = logging.getLogger(__name__)
+
+JID_RE = re.compile(r"^[0-9A-Za-z_.-]{1,128}$")
+NEW_TAG = re.compile(r"^salt/job/([^/]+)/new$")
+RET_TAG = re.compile(r"^salt/job/([^/]+)/ret/(.+)$")
+MAX_MINION_ID = 512
+
+
+def valid_jid(jid: Any) -> bool:
+    return isinstance(jid, str) and bool(JID_RE.match(jid))
+
+
+def valid_minion(minion: Any) -> bool:
+    return isinstance(minion, str) and 0 < len(minion) <= MAX_MINION_ID and not any(ord(c) < 32 for c in minion)
+
+
+def function_names(fun: Any) -> list[str]:
+    """A job's function(s): compound jobs carry a list."""
+    if isinstance(fun, str):
+        return [fun]
+    if isinstance(fun, (list, tuple)):
+        return [f for f in fun if isinstance(f, str)]
+    return []
+
+
+def is_wanted(fun: Any, conf: Config) -> bool:
+    """Whether a job running `fun` may be replayed (any one wanted function is enough)."""
+    for name in function_names(fun):
+        if any(fnmatch.fnmatchcase(name, pat) for pat in conf.exclude_functions):
+            continue
+        if not conf.include_functions or any(fnmatch.fnmatchcase(name, pat) for pat in conf.include_functions):
+            return True
+    return False
+
+
+def publish_time(data: dict) -> float:
+    stamp = data.get("_stamp")
+    if isinstance(stamp, str):
+        try:
+            parsed = datetime.datetime.fromisoformat(stamp)
+            if parsed.tzinfo is None:
+                parsed = parsed.replace(tzinfo=datetime.timezone.utc)
+            return parsed.timestamp()
+        except ValueError:
+            pass
+    return time.time()
+
+
+def job_from_new(data: dict) -> dict:
+    """The fields a replay needs, from a ``salt/job/<jid>/new`` event."""
+    arg = data.get("arg", [])
+    return {
+        "fun": data.get("fun"),
+        "arg": list(arg) if isinstance(arg, (list, tuple)) else [arg],
+        "tgt": data.get("tgt"),
+        "tgt_type": data.get("tgt_type", "glob"),
+        "user": data.get("user"),
+        "time": publish_time(data),
+    }
+
+
+def replay_origin(data: dict) -> str | None:
+    """The original jid when this return belongs to a fresh-jid `retry` publish."""
+    meta = data.get("metadata")
+    if isinstance(meta, dict) and isinstance(meta.get("job_retry"), dict):
+        orig = meta["job_retry"].get("orig_jid")
+        if valid_jid(orig):
+            return orig
+    return None
+
+
+class Recorder:
+    def __init__(self, store: Store, conf: Config):
+        self.store = store
+        self.conf = conf
+        self.backlog: collections.deque = collections.deque()
+        self.dropped = 0
+
+    def stage(self, batch: Batch, tag: Any, data: Any) -> bool:
+        """Add the writes one event needs to batch. Returns whether it was relevant."""
+        if not isinstance(tag, str) or not tag.startswith("salt/job/") or not isinstance(data, dict):
+            return False
+        match = NEW_TAG.match(tag)
+        if match:
+            return self._stage_new(batch, match.group(1), data)
+        match = RET_TAG.match(tag)
+        if match:
+            return self._stage_ret(batch, match.group(1), match.group(2), data)
+        return False
+
+    def _stage_new(self, batch: Batch, jid: str, data: dict) -> bool:
+        minions = data.get("minions")
+        if not valid_jid(jid) or not isinstance(minions, list):
+            log.warning("job_retry: ignoring malformed new-job event for jid %r", jid)
+            return False
+        job = job_from_new(data)
+        if not function_names(job["fun"]):
+            log.warning("job_retry: ignoring new-job event %s without a function name", jid)
+            return False
+        if not is_wanted(job["fun"], self.conf):
+            self.store.stage_excluded_job(batch, jid, job)
+            return True
+        targets = [m for m in minions if valid_minion(m)]
+        if len(targets) != len(minions):
+            log.warning("job_retry: job %s: ignoring %d invalid minion id(s)", jid, len(minions) - len(targets))
+        self.store.stage_job(batch, jid, job, targets)
+        return True
+
+    def _stage_ret(self, batch: Batch, jid: str, minion: str, data: dict) -> bool:
+        if not valid_jid(jid) or not valid_minion(minion):
+            log.warning("job_retry: ignoring malformed return event for jid %r minion %r", jid, minion)
+            return False
+        if not is_wanted(data.get("fun"), self.conf):
+            return False
+        self.store.stage_return(batch, replay_origin(data) or jid, minion)
+        return True
+
+    def record(self, events: Iterable[Any]) -> int:
+        """Write the relevant events (and any backlog). Returns how many were written."""
+        fresh = [(e.get("tag"), e.get("data")) for e in events or () if isinstance(e, dict)]
+        todo = list(self.backlog) + fresh
+        batch = self.store.batch()
+        relevant = [(tag, data) for tag, data in todo if self._safe_stage(batch, tag, data)]
+        if not len(batch):
+            return 0
+        try:
+            guard(self.conf, batch.execute)
+        except RedisUnavailable as exc:
+            self._keep(relevant, exc)
+            return 0
+        except Exception:
+            log.exception("job_retry: could not record %d event(s); keeping them for the next try", len(relevant))
+            self._keep(relevant, None)
+            return 0
+        if self.backlog:
+            log.warning("job_retry: Redis is back; wrote %d backlogged event(s)", len(self.backlog))
+            self.backlog.clear()
+        return len(relevant)
+
+    def _safe_stage(self, batch: Batch, tag: Any, data: Any) -> bool:
+        try:
+            return self.stage(batch, tag, data)
+        except Exception:
+            log.exception("job_retry: could not parse event %r; skipped", tag)
+            return False
+
+    def _keep(self, events: list, exc: Exception | None) -> None:
+        self.backlog = collections.deque(events)
+        over = len(self.backlog) - self.conf.backlog_max
+        if over > 0:
+            for _ in range(over):
+                self.backlog.popleft()
+            self.dropped += over
+            log.error("job_retry: backlog full (%d); dropped the %d oldest event(s)", self.conf.backlog_max, over)
+        if exc is not None:
+            log.warning("job_retry: %s; holding %d event(s) until it is back", exc, len(self.backlog))

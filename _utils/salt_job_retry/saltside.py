@@ -1,0 +1,116 @@
+"""
+The few places the core talks to Salt itself: publishing, firing events,
+asking who is connected, and caching a Store per process.
+
+Functions take ``opts``/``context`` from the loader module; nothing here
+reads Salt's dunders.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from . import config as config_mod
+from .config import Config
+from .store import Store, connect
+
+log = logging.getLogger(__name__)
+
+CONTEXT_KEY = "job_retry.store"
+
+
+def load_config(opts: dict, context: dict | None = None, override: dict | None = None) -> Config:
+    """Validated config, logged once per process when it has unknown keys."""
+    conf = config_mod.from_opts(opts, override)
+    if context is not None and conf.warnings and not context.get("job_retry.warned"):
+        for warning in conf.warnings:
+            log.warning(warning)
+        context["job_retry.warned"] = True
+    return conf
+
+
+def store_for(conf: Config, context: dict | None) -> Store:
+    """One Store (and connection pool) per process and connection parameters."""
+    ident = (conf.redis_url, conf.password, conf.socket_timeout)
+    cache = context.setdefault(CONTEXT_KEY, {}) if context is not None else {}
+    client = cache.get(ident)
+    if client is None:
+        client = cache[ident] = connect(conf)
+    return Store(client, conf)
+
+
+def make_publisher(opts: dict):
+    """publish(minion, jid, job, attempt): re-run a recorded job on one minion under jid."""
+    state: dict[str, Any] = {}
+
+    def publish(minion: str, jid: str, job: dict, attempt: int, extra_meta: dict | None = None) -> None:
+        import salt.client
+
+        if "client" not in state:
+            state["client"] = salt.client.get_local_client(mopts=opts)
+        meta = {"job_retry": {"attempt": attempt, **(extra_meta or {})}}
+        pub = state["client"].run_job(
+            [minion], job["fun"], arg=job.get("arg", []), tgt_type="list", jid=jid, metadata=meta
+        )
+        if not pub or not pub.get("jid"):
+            raise RuntimeError(f"the master did not accept the publish of {jid} to {minion}")
+
+    return publish
+
+
+def make_fire(opts: dict):
+    """fire(data, tag) on the master event bus."""
+    state: dict[str, Any] = {}
+
+    def fire(data: dict, tag: str) -> None:
+        import salt.utils.event
+
+        if "bus" not in state:
+            state["bus"] = salt.utils.event.get_master_event(opts, opts["sock_dir"], listen=False)
+        state["bus"].fire_event(data, tag)
+
+    return fire
+
+
+def new_jid(opts: dict) -> str:
+    import salt.utils.jid
+
+    return salt.utils.jid.gen_jid(opts)
+
+
+def responding(opts: dict, minions: list[str], timeout: float) -> set[str]:
+    """
+    The minions among `minions` that answer test.ping within `timeout` seconds.
+
+    The master's connected-ids list is IP based (two minions behind one address
+    look alike), so asking is the reliable way to know who would get a publish.
+    """
+    import salt.client
+
+    if not minions:
+        return set()
+    client = salt.client.get_local_client(mopts=opts)
+    try:
+        pub = client.run_job(minions, "test.ping", tgt_type="list", listen=True)
+        jid = pub.get("jid") if pub else None
+        if not jid:
+            return set()
+        answered: set[str] = set()
+        deadline = time.monotonic() + timeout
+        for raw in client.get_returns_no_block(f"salt/job/{jid}"):
+            if raw and isinstance(raw.get("data"), dict) and raw["data"].get("id") in minions:
+                answered.add(raw["data"]["id"])
+            if answered.issuperset(minions) or time.monotonic() > deadline:
+                return answered
+    finally:
+        client.destroy()
+    return set()
+
+
+def accepted_minions(opts: dict) -> set[str]:
+    """Minion ids with an accepted key (to tell an unknown id from an idle one)."""
+    import salt.key
+
+    return set(salt.key.get_key(opts).list_keys().get("minions", []))

@@ -1,0 +1,559 @@
+"""
+The Redis schema of salt-job-retry and every operation on it.
+
+Key layout (``P`` is ``key_prefix``; ``{jid}`` is a Redis Cluster hash tag, so
+all keys of one job live in one slot and one Lua script may touch them):
+
+=====================================  ======  =============================================
+key                                    type    content
+=====================================  ======  =============================================
+``P:{<jid>}:job``                      string  msgpack map: fun, arg, tgt, tgt_type, user,
+                                               time (publish time, epoch seconds), and
+                                               ``excluded: true`` for excluded functions
+``P:{<jid>}:targets``                  set     minion ids the job was published to (merged
+                                               from every ``new`` event of the jid)
+``P:{<jid>}:returned``                 set     minion ids whose return was seen
+``P:{<jid>}:retry``                    hash    per-minion replay state, one field each:
+                                               ``q:<id>`` queued at (epoch s),
+                                               ``a:<id>`` replays so far,
+                                               ``l:<id>`` claim lease until (epoch ms),
+                                               ``x:<id>`` final: ``exhausted``/``flushed``
+``P:{<jid>}:alias``                    string  set on a fresh jid published by ``retry``:
+                                               the original jid (the fresh jid is not
+                                               tracked as a job of its own)
+``P:unswept``                          zset    jids not yet swept, scored by publish time
+``P:queues``                           zset    minion ids that have a queue, scored by
+                                               last enqueue time
+``P:minion:<quoted id>:queue``         zset    the minion's pending jids, scored by
+                                               queued-at time (id percent-encoded)
+=====================================  ======  =============================================
+
+The per-job keys are the truth; ``unswept``, ``queues`` and the per-minion queues
+are indexes that may briefly hold stale entries, which readers drop. Every key
+gets ``EXPIRE ttl`` on each write. Nothing uses ``KEYS`` or ``SCAN``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import quote
+
+import msgpack
+import redis
+
+from .config import Config
+
+log = logging.getLogger(__name__)
+
+# Redis' Lua stack limits how many arguments one unpack() may spread.
+_LUA_CHUNK = 4000
+
+_RECORD_NEW = """
+-- KEYS: job, targets, alias   ARGV: ttl, job blob, minion ids...
+if redis.call('EXISTS', KEYS[3]) == 1 then return 0 end
+redis.call('SET', KEYS[1], ARGV[2], 'NX')
+redis.call('EXPIRE', KEYS[1], ARGV[1])
+for i = 3, #ARGV, 4000 do
+  redis.call('SADD', KEYS[2], unpack(ARGV, i, math.min(i + 3999, #ARGV)))
+end
+if #ARGV > 2 then redis.call('EXPIRE', KEYS[2], ARGV[1]) end
+return 1
+"""
+
+_RECORD_RETURN = """
+-- KEYS: targets, returned   ARGV: ttl, minion
+if redis.call('SISMEMBER', KEYS[1], ARGV[2]) == 0 then return 0 end
+redis.call('SADD', KEYS[2], ARGV[2])
+redis.call('EXPIRE', KEYS[2], ARGV[1])
+return 1
+"""
+
+_SWEEP_JOB = """
+-- KEYS: targets, returned, retry   ARGV: ttl, now
+-- Returns {minion, newly_queued, ...} for every minion still owed the job.
+local out = {}
+for _, m in ipairs(redis.call('SDIFF', KEYS[1], KEYS[2])) do
+  if redis.call('HEXISTS', KEYS[3], 'x:' .. m) == 0 then
+    out[#out + 1] = m
+    out[#out + 1] = redis.call('HSETNX', KEYS[3], 'q:' .. m, ARGV[2])
+  end
+end
+if #out > 0 then redis.call('EXPIRE', KEYS[3], ARGV[1]) end
+return out
+"""
+
+_CLAIM = """
+-- KEYS: job, targets, returned, retry
+-- ARGV: minion, now_ms, lease_until_ms, max_attempts, ttl
+local m = ARGV[1]
+if redis.call('SISMEMBER', KEYS[3], m) == 1 then return {'returned'} end
+if redis.call('SISMEMBER', KEYS[2], m) == 0 then return {'unknown'} end
+local final = redis.call('HGET', KEYS[4], 'x:' .. m)
+if final then return {'final', final} end
+local job = redis.call('GET', KEYS[1])
+if not job then return {'expired'} end
+if tonumber(redis.call('HGET', KEYS[4], 'l:' .. m) or '0') > tonumber(ARGV[2]) then
+  return {'leased'}
+end
+local n = tonumber(redis.call('HGET', KEYS[4], 'a:' .. m) or '0')
+redis.call('EXPIRE', KEYS[4], ARGV[5])
+if n >= tonumber(ARGV[4]) then
+  redis.call('HSET', KEYS[4], 'x:' .. m, 'exhausted')
+  return {'exhausted', n}
+end
+redis.call('HSET', KEYS[4], 'a:' .. m, n + 1, 'l:' .. m, ARGV[3])
+return {'claimed', n + 1, job}
+"""
+
+_RELEASE = """
+-- KEYS: retry   ARGV: minion.  Undo a claim whose publish failed.
+local n = tonumber(redis.call('HGET', KEYS[1], 'a:' .. ARGV[1]) or '0')
+if n > 0 then redis.call('HSET', KEYS[1], 'a:' .. ARGV[1], n - 1) end
+redis.call('HDEL', KEYS[1], 'l:' .. ARGV[1])
+return n
+"""
+
+_FLUSH = """
+-- KEYS: targets, returned, retry   ARGV: minion, ttl
+local m = ARGV[1]
+if redis.call('SISMEMBER', KEYS[1], m) == 0 then return 0 end
+if redis.call('SISMEMBER', KEYS[2], m) == 1 then return 0 end
+if redis.call('HEXISTS', KEYS[3], 'x:' .. m) == 1 then return 0 end
+redis.call('HSET', KEYS[3], 'x:' .. m, 'flushed')
+redis.call('EXPIRE', KEYS[3], ARGV[2])
+return 1
+"""
+
+_RETRY_RESET = """
+-- KEYS: targets, returned, retry   ARGV: ttl, now
+-- An operator's retry: every minion that did not return gets a fresh budget.
+local missing = redis.call('SDIFF', KEYS[1], KEYS[2])
+for _, m in ipairs(missing) do
+  redis.call('HDEL', KEYS[3], 'a:' .. m, 'l:' .. m, 'x:' .. m)
+  redis.call('HSET', KEYS[3], 'q:' .. m, ARGV[2])
+end
+if #missing > 0 then redis.call('EXPIRE', KEYS[3], ARGV[1]) end
+return missing
+"""
+
+SCRIPTS = {
+    "record_new": _RECORD_NEW,
+    "record_return": _RECORD_RETURN,
+    "sweep_job": _SWEEP_JOB,
+    "claim": _CLAIM,
+    "release": _RELEASE,
+    "flush": _FLUSH,
+    "retry_reset": _RETRY_RESET,
+}
+SHAS = {name: hashlib.sha1(body.encode()).hexdigest() for name, body in SCRIPTS.items()}
+
+
+class RedisUnavailable(Exception):
+    """Redis could not be reached or refused us; the message is operator-ready."""
+
+
+def connect(conf: Config) -> redis.Redis:
+    """A client for ``conf``; no I/O happens until the first command."""
+    kwargs: dict[str, Any] = {
+        "socket_timeout": conf.socket_timeout,
+        "socket_connect_timeout": conf.socket_timeout,
+        "decode_responses": False,
+    }
+    if conf.password is not None:
+        kwargs["password"] = conf.password
+    return redis.Redis.from_url(conf.redis_url, **kwargs)
+
+
+def pack(value: Any) -> bytes:
+    # default=str: odd types from YAML (dates, ...) are stored as text, never pickled.
+    return msgpack.packb(value, use_bin_type=True, default=str)
+
+
+def unpack(blob: bytes) -> Any:
+    return msgpack.unpackb(blob, raw=False, strict_map_key=False)
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else value
+
+
+@dataclass
+class Claim:
+    jid: str
+    state: str  # claimed | exhausted | returned | unknown | expired | leased | flushed
+    attempt: int = 0
+    job: dict | None = None
+
+
+class Keys:
+    """Key names; the only place they are spelled."""
+
+    def __init__(self, prefix: str):
+        self.prefix = prefix
+        self.unswept = f"{prefix}:unswept"
+        self.queues = f"{prefix}:queues"
+
+    def job(self, jid: str) -> str:
+        return f"{self.prefix}:{{{jid}}}:job"
+
+    def targets(self, jid: str) -> str:
+        return f"{self.prefix}:{{{jid}}}:targets"
+
+    def returned(self, jid: str) -> str:
+        return f"{self.prefix}:{{{jid}}}:returned"
+
+    def retry(self, jid: str) -> str:
+        return f"{self.prefix}:{{{jid}}}:retry"
+
+    def alias(self, jid: str) -> str:
+        return f"{self.prefix}:{{{jid}}}:alias"
+
+    def queue(self, minion: str) -> str:
+        # Percent-encoding keeps ':', '{', '}', spaces and non-ASCII out of key
+        # structure and hash tags; the whole key hashes, so queues spread over slots.
+        return f"{self.prefix}:minion:{quote(minion, safe='')}:queue"
+
+
+class Batch:
+    """
+    Commands and script calls sent in one pipeline (one round trip).
+
+    Scripts run by EVALSHA; if Redis lost its script cache (restart, failover)
+    the failed calls are loaded and re-sent once. Every script is idempotent.
+    """
+
+    def __init__(self, client: redis.Redis):
+        self._client = client
+        self._ops: list[tuple[str, tuple]] = []
+
+    def __len__(self) -> int:
+        return len(self._ops)
+
+    def call(self, *args: Any) -> int:
+        self._ops.append(("cmd", args))
+        return len(self._ops) - 1
+
+    def script(self, name: str, keys: list[str], args: list[Any]) -> int:
+        self._ops.append(("script", (name, keys, args)))
+        return len(self._ops) - 1
+
+    def _queue(self, pipe, kind: str, op: tuple) -> None:
+        if kind == "cmd":
+            pipe.execute_command(*op)
+        else:
+            name, keys, args = op
+            pipe.execute_command("EVALSHA", SHAS[name], len(keys), *keys, *args)
+
+    def execute(self) -> list[Any]:
+        if not self._ops:
+            return []
+        results = self._send(self._ops)
+        missing = [i for i, r in enumerate(results) if isinstance(r, redis.exceptions.NoScriptError)]
+        if missing:
+            log.info("job_retry: Redis has no cached scripts (restarted?); loading them")
+            for body in SCRIPTS.values():
+                self._client.script_load(body)
+            for i, result in zip(missing, self._send([self._ops[i] for i in missing]), strict=False):
+                results[i] = result
+        for result in results:
+            if isinstance(result, Exception):
+                raise result
+        return results
+
+    def _send(self, ops) -> list[Any]:
+        pipe = self._client.pipeline(transaction=False)
+        for kind, op in ops:
+            self._queue(pipe, kind, op)
+        return pipe.execute(raise_on_error=False)
+
+
+class Store:
+    """Every read and write of job_retry state. Loader modules call only this."""
+
+    def __init__(self, client: redis.Redis, conf: Config, clock: Callable[[], float] = time.time):
+        self.client = client
+        self.conf = conf
+        self.keys = Keys(conf.key_prefix)
+        self.clock = clock
+
+    # -- plumbing -----------------------------------------------------------------
+
+    def batch(self) -> Batch:
+        return Batch(self.client)
+
+    def run(self, fill: Callable[[Batch], Any]) -> list[Any]:
+        """Fill a batch and execute it, turning connection failures into RedisUnavailable."""
+        batch = self.batch()
+        fill(batch)
+        return guard(self.conf, batch.execute)
+
+    def ping(self) -> None:
+        guard(self.conf, self.client.ping)
+
+    # -- recording (returner) -------------------------------------------------------
+
+    def stage_job(self, batch: Batch, jid: str, job: dict, minions: Iterable[str]) -> None:
+        """Record a published job and merge its targets (a replay's `new` names one minion)."""
+        k, ttl = self.keys, self.conf.ttl
+        batch.script("record_new", [k.job(jid), k.targets(jid), k.alias(jid)], [ttl, pack(job), *minions])
+        batch.call("ZADD", k.unswept, "NX", job["time"], jid)
+        batch.call("EXPIRE", k.unswept, ttl)
+
+    def stage_excluded_job(self, batch: Batch, jid: str, job: dict) -> None:
+        """Remember only that the jid ran an excluded function, so `status` can say so."""
+        batch.call("SET", self.keys.job(jid), pack({**job, "excluded": True}), "NX", "EX", self.conf.ttl)
+
+    def stage_return(self, batch: Batch, jid: str, minion: str) -> None:
+        k = self.keys
+        batch.script("record_return", [k.targets(jid), k.returned(jid)], [self.conf.ttl, minion])
+        batch.call("ZREM", k.queue(minion), jid)
+
+    def register_alias(self, new_jid: str, orig_jid: str) -> None:
+        """Mark a fresh jid (from `retry`) as a copy of orig_jid, before it is published."""
+        self.run(lambda b: b.call("SET", self.keys.alias(new_jid), orig_jid, "EX", self.conf.ttl))
+
+    # -- sweep ----------------------------------------------------------------------
+
+    def sweep(self, limit: int = 500) -> list[tuple[str, str, dict]]:
+        """
+        Queue the missing minions of every job published more than `timeout` ago.
+
+        Returns the newly queued (jid, minion, job). Cost grows with the jobs that
+        came due, not with everything stored: only `unswept` is read.
+        """
+        queued: list[tuple[str, str, dict]] = []
+        while True:
+            now = self.clock()
+            cutoff = now - self.conf.timeout
+            jids = [
+                _text(j)
+                for j in guard(self.conf, self.client.zrangebyscore, self.keys.unswept, "-inf", cutoff, 0, limit)
+            ]
+            if not jids:
+                return queued
+            queued.extend(self._sweep_jobs(jids, now))
+            if len(jids) < limit:
+                return queued
+
+    def _sweep_jobs(self, jids: list[str], now: float) -> list[tuple[str, str, dict]]:
+        k, ttl = self.keys, self.conf.ttl
+
+        def fill(b: Batch) -> None:
+            for jid in jids:
+                b.script("sweep_job", [k.targets(jid), k.returned(jid), k.retry(jid)], [ttl, repr(now)])
+                b.call("GET", k.job(jid))
+
+        results = self.run(fill)
+        owed: list[tuple[str, str, bool, dict]] = []
+        for i, jid in enumerate(jids):
+            pairs, blob = results[2 * i], results[2 * i + 1]
+            job = unpack(blob) if blob else {}
+            owed.extend((jid, _text(pairs[j]), bool(pairs[j + 1]), job) for j in range(0, len(pairs), 2))
+
+        def enqueue(b: Batch) -> None:
+            for jid, minion, _, _ in owed:
+                b.call("ZADD", k.queue(minion), "NX", now, jid)
+                b.call("EXPIRE", k.queue(minion), ttl)
+                b.call("ZADD", k.queues, now, minion)
+            b.call("EXPIRE", k.queues, ttl)
+            b.call("ZREM", k.unswept, *jids)
+
+        self.run(enqueue)
+        return [(jid, minion, job) for jid, minion, new, job in owed if new]
+
+    # -- replay (engine) --------------------------------------------------------------
+
+    def owed_candidates(self, minion: str) -> tuple[list[str], set[str]]:
+        """Jids that may be owed to minion: its queue plus every not-yet-swept job."""
+        queue, unswept = self.run(
+            lambda b: (b.call("ZRANGE", self.keys.queue(minion), 0, -1), b.call("ZRANGE", self.keys.unswept, 0, -1))
+        )
+        queued = [_text(j) for j in queue]
+        seen = set(queued)
+        return queued + [j for j in map(_text, unswept) if j not in seen], seen
+
+    def claim(self, minion: str, jids: list[str]) -> list[Claim]:
+        """Atomically claim a replay of each jid for minion (see _CLAIM for the rules)."""
+        k, conf = self.keys, self.conf
+        now_ms = int(self.clock() * 1000)
+        lease_ms = now_ms + int(conf.claim_lease * 1000)
+
+        def fill(b: Batch) -> None:
+            for jid in jids:
+                b.script(
+                    "claim",
+                    [k.job(jid), k.targets(jid), k.returned(jid), k.retry(jid)],
+                    [minion, now_ms, lease_ms, conf.max_attempts, conf.ttl],
+                )
+
+        claims = []
+        for jid, result in zip(jids, self.run(fill), strict=False):
+            state = _text(result[0])
+            if state == "final":
+                claims.append(Claim(jid, _text(result[1])))
+            elif state == "claimed":
+                claims.append(Claim(jid, state, int(result[1]), unpack(result[2])))
+            else:
+                claims.append(Claim(jid, state, int(result[1]) if len(result) > 1 else 0))
+        return claims
+
+    def release(self, jid: str, minion: str) -> None:
+        self.run(lambda b: b.script("release", [self.keys.retry(jid)], [minion]))
+
+    def dequeue(self, minion: str, jids: Iterable[str]) -> None:
+        jids = list(jids)
+        if jids:
+            self.run(lambda b: b.call("ZREM", self.keys.queue(minion), *jids))
+
+    # -- operator views (runner) ------------------------------------------------------
+
+    def job(self, jid: str) -> dict | None:
+        blob = guard(self.conf, self.client.get, self.keys.job(jid))
+        return unpack(blob) if blob else None
+
+    def queued_minions(self) -> list[str]:
+        return [_text(m) for m in guard(self.conf, self.client.zrange, self.keys.queues, 0, -1)]
+
+    def pending(self, minions: list[str]) -> dict[str, list[dict]]:
+        """Each minion's queued jobs, oldest first; stale entries are dropped from the index."""
+        k = self.keys
+        queues = self.run(lambda b: [b.call("ZRANGE", k.queue(m), 0, -1, "WITHSCORES") for m in minions])
+        entries = [(m, _text(jid), score) for m, queue in zip(minions, queues, strict=False) for jid, score in queue]
+
+        def fill(b: Batch) -> None:
+            for m, jid, _ in entries:
+                b.call("GET", k.job(jid))
+                b.call("SISMEMBER", k.returned(jid), m)
+                b.call("HMGET", k.retry(jid), f"a:{m}", f"x:{m}")
+
+        results = self.run(fill) if entries else []
+        out: dict[str, list[dict]] = {m: [] for m in minions}
+        stale: dict[str, list[str]] = {}
+        for i, (m, jid, queued_at) in enumerate(entries):
+            blob, returned, (attempts, final) = results[3 * i : 3 * i + 3]
+            if not blob or returned or final:
+                stale.setdefault(m, []).append(jid)
+                continue
+            job = unpack(blob)
+            out[m].append(
+                {
+                    "jid": jid,
+                    "fun": job.get("fun"),
+                    "arg": job.get("arg", []),
+                    "attempts": int(attempts or 0),
+                    "queued_at": iso(float(queued_at)),
+                }
+            )
+        self._drop_stale(stale, [m for m in minions if not out[m]])
+        return out
+
+    def _drop_stale(self, stale: dict[str, list[str]], empty: list[str]) -> None:
+        if not stale and not empty:
+            return
+
+        def fill(b: Batch) -> None:
+            for m, jids in stale.items():
+                b.call("ZREM", self.keys.queue(m), *jids)
+            if empty:
+                b.call("ZREM", self.keys.queues, *empty)
+
+        self.run(fill)
+
+    def flush(self, minion: str, jids: list[str] | None = None) -> list[str]:
+        """Cancel what minion is owed (all, or the given jids). Returns the jids cancelled."""
+        if jids is None:
+            jids, _ = self.owed_candidates(minion)
+        k = self.keys
+        results = self.run(
+            lambda b: [
+                b.script("flush", [k.targets(j), k.returned(j), k.retry(j)], [minion, self.conf.ttl]) for j in jids
+            ]
+        )
+        flushed = [jid for jid, done in zip(jids, results, strict=False) if done]
+        self.dequeue(minion, jids)
+        return flushed
+
+    def status(self, jid: str) -> dict | None:
+        k = self.keys
+        blob, targets, returned, retry, unswept = self.run(
+            lambda b: (
+                b.call("GET", k.job(jid)),
+                b.call("SMEMBERS", k.targets(jid)),
+                b.call("SMEMBERS", k.returned(jid)),
+                b.call("HGETALL", k.retry(jid)),
+                b.call("ZSCORE", k.unswept, jid),
+            )
+        )
+        if not blob:
+            return None
+        job = unpack(blob)
+        fields = {_text(f): _text(v) for f, v in retry.items()}
+        returned = {_text(m) for m in returned}
+        now = self.clock()
+        minions = {}
+        for m in sorted(_text(t) for t in targets):
+            minions[m] = minion_state(m, returned, fields, job, now, self.conf.timeout)
+        if job.get("excluded"):
+            minions = {}
+        return {"job": job, "minions": minions, "swept": unswept is None}
+
+    def prepare_retry(self, jid: str) -> list[str]:
+        """Reset and queue every minion of jid that did not return. Returns them."""
+        k, ttl, now = self.keys, self.conf.ttl, self.clock()
+        (missing,) = self.run(
+            lambda b: b.script("retry_reset", [k.targets(jid), k.returned(jid), k.retry(jid)], [ttl, repr(now)])
+        )
+        missing = sorted(_text(m) for m in missing)
+
+        def fill(b: Batch) -> None:
+            for m in missing:
+                b.call("ZADD", k.queue(m), now, jid)
+                b.call("EXPIRE", k.queue(m), ttl)
+                b.call("ZADD", k.queues, now, m)
+            b.call("EXPIRE", k.queues, ttl)
+
+        if missing:
+            self.run(fill)
+        return missing
+
+
+def minion_state(
+    minion: str, returned: set[str], fields: dict[str, str], job: dict, now: float, timeout: float
+) -> dict:
+    """One minion's state in a job, as `status` shows it."""
+    attempts = int(fields.get(f"a:{minion}", 0))
+    if minion in returned:
+        return {"state": "returned", "attempts": attempts}
+    final = fields.get(f"x:{minion}")
+    if final:
+        return {"state": final, "attempts": attempts}
+    queued_at = fields.get(f"q:{minion}")
+    if queued_at is not None or attempts or now - job.get("time", 0) >= timeout:
+        state = {"state": "pending", "attempts": attempts}
+        if queued_at is not None:
+            state["queued_at"] = iso(float(queued_at))
+        return state
+    return {"state": "waiting", "attempts": 0}
+
+
+def iso(epoch: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(epoch))
+
+
+def guard(conf: Config, call: Callable, *args: Any) -> Any:
+    """Run a Redis call; connection trouble becomes RedisUnavailable with an operator-ready message."""
+    try:
+        return call(*args)
+    except redis.exceptions.AuthenticationError as exc:
+        raise RedisUnavailable(f"Redis at {conf.redis_display} refused the credentials: {exc}") from exc
+    except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
+        raise RedisUnavailable(f"Redis unreachable at {conf.redis_display}: {exc}") from exc
+    except redis.exceptions.ResponseError as exc:
+        if "NOAUTH" in str(exc) or "WRONGPASS" in str(exc):
+            raise RedisUnavailable(f"Redis at {conf.redis_display} refused the credentials: {exc}") from exc
+        raise
