@@ -120,7 +120,7 @@ def enqueue(env: Env) -> dict:
     by_jid: dict[str, list[str]] = {}
     for jid, minion, _ in queued:
         by_jid.setdefault(jid, []).append(minion)
-    return {"queued": by_jid, "count": len(queued)}
+    return {"queued": {jid: sorted(minions) for jid, minions in by_jid.items()}, "count": len(queued)}
 
 
 def status(env: Env, jid: str) -> dict:

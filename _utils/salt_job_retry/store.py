@@ -256,8 +256,10 @@ class Batch:
         missing = [i for i, r in enumerate(results) if isinstance(r, redis.exceptions.NoScriptError)]
         if missing:
             log.info("job_retry: Redis has no cached scripts (restarted?); loading them")
+            pipe = self._client.pipeline(transaction=False)
             for body in SCRIPTS.values():
-                self._client.script_load(body)
+                pipe.script_load(body)
+            pipe.execute()
             for i, result in zip(missing, self._send([self._ops[i] for i in missing]), strict=False):
                 results[i] = result
         for result in results:

@@ -1,0 +1,161 @@
+import json
+
+import fakeredis
+import pytest
+from conftest import JID, new_event, ret_event
+from salt_job_retry import commands, saltside
+from salt_job_retry.commands import Env
+
+FRESH = "20261122060000000001"
+
+
+@pytest.fixture
+def env(h):
+    e = Env({"sock_dir": "/nonexistent"}, h.conf, h.store)
+    e.publish = h.publish
+    e.fire = h.fire
+    e.up = set()
+    e.responding = lambda minions, timeout: {m for m in minions if m in e.up}
+    e.known_minions = lambda: {"alpha", "beta", "gamma"}
+    e.new_jid = lambda: FRESH
+    e.h = h
+    return e
+
+
+def run(env, name, **kwargs):
+    out = commands.COMMANDS[name](env, **kwargs)
+    json.dumps(out)  # --out=json must work
+    return out
+
+
+def published_job(env):
+    env.h.record(new_event(minions=["alpha", "beta", "gamma"]), ret_event("alpha"))
+    env.h.clock.advance(6)
+
+
+def test_pending_lists_every_minion_and_one(env):
+    published_job(env)
+    run(env, "enqueue")
+    everyone = run(env, "pending")
+    assert set(everyone) == {"beta", "gamma"}
+    entry = everyone["beta"][0]
+    assert entry["jid"] == JID and entry["fun"] == "cmd.run" and entry["attempts"] == 0
+    assert entry["arg"][0] == "echo hi" and entry["queued_at"].endswith("Z")
+    assert run(env, "pending", minion_id="alpha") == {"alpha": []}
+
+
+def test_pending_unknown_minion_is_an_error(env):
+    out = run(env, "pending", minion_id="nosuch")
+    assert out["retcode"] == 1 and "unknown minion 'nosuch'" in out["error"]
+
+
+def test_enqueue_reports_what_it_queued(env):
+    published_job(env)
+    assert run(env, "enqueue") == {"queued": {JID: ["beta", "gamma"]}, "count": 2}
+    assert run(env, "enqueue") == {"queued": {}, "count": 0}
+
+
+def test_flush_cancels_queued_and_unswept(env):
+    env.h.record(new_event(minions=["beta"]))  # not swept yet
+    out = run(env, "flush", minion_id="beta")
+    assert out == {"minion": "beta", "flushed": 1, "jids": [JID]}
+    env.h.clock.advance(60)
+    run(env, "enqueue")
+    assert env.h.replayer.replay_to("beta")["replayed"] == []
+    assert run(env, "status", jid=JID)["minions"]["beta"]["state"] == "flushed"
+
+
+def test_flush_one_jid(env):
+    other = "20261122050816460001"
+    env.h.record(new_event(minions=["beta"]), new_event(jid=other, minions=["beta"]))
+    env.h.clock.advance(6)
+    run(env, "enqueue")
+    assert run(env, "flush", minion_id="beta", jid=other)["jids"] == [other]
+    assert [e["jid"] for e in run(env, "pending", minion_id="beta")["beta"]] == [JID]
+
+
+def test_flush_errors(env):
+    assert "unknown jid" in run(env, "flush", minion_id="beta", jid="20990101000000000000")["error"]
+    assert "unknown minion" in run(env, "flush", minion_id="nosuch")["error"]
+    assert "invalid jid" in run(env, "flush", minion_id="beta", jid="../../x")["error"]
+
+
+def test_retry_publishes_to_responders_and_queues_the_rest(env):
+    published_job(env)
+    env.up = {"beta"}
+    out = run(env, "retry", jid=JID)
+    assert out == {"jid": JID, "retry_jid": FRESH, "published": ["beta"], "queued": ["gamma"]}
+    assert env.h.published == [("beta", FRESH, "cmd.run", 0)]
+    assert env.h.redis.get(env.store.keys.alias(FRESH)) == JID.encode()
+    # the fresh jid's `new` is not a job of its own; its return closes the original
+    env.h.record(new_event(jid=FRESH, minions=["beta"]))
+    env.h.record(ret_event("beta", jid=FRESH, metadata={"job_retry": {"orig_jid": JID}}))
+    status = run(env, "status", jid=JID)["minions"]
+    assert status["beta"]["state"] == "returned" and status["gamma"]["state"] == "pending"
+    assert env.h.replayer.replay_to("gamma")["replayed"] == [JID]
+
+
+def test_retry_gives_exhausted_minions_a_fresh_budget(env):
+    env.h.record(new_event(minions=["beta"]))
+    for _ in range(4):
+        env.h.replayer.replay_to("beta")
+        env.h.clock.advance(60)
+    assert run(env, "status", jid=JID)["minions"]["beta"]["state"] == "exhausted"
+    assert run(env, "retry", jid=JID)["queued"] == ["beta"]
+    assert env.h.replayer.replay_to("beta")["replayed"] == [JID]
+
+
+def test_retry_errors_and_nothing_to_do(env):
+    assert "unknown jid" in run(env, "retry", jid="20990101000000000000")["error"]
+    env.h.record(new_event(jid=FRESH, fun="test.ping", arg=[]))
+    assert "exclude_functions" in run(env, "retry", jid=FRESH)["error"]
+    env.h.record(new_event(minions=["alpha"]), ret_event("alpha"))
+    assert run(env, "retry", jid=JID)["published"] == []
+
+
+def test_status_states(env):
+    env.h.record(new_event(minions=["alpha", "beta"]), ret_event("alpha"))
+    out = run(env, "status", jid=JID)
+    assert out["minions"] == {
+        "alpha": {"state": "returned", "attempts": 0},
+        "beta": {"state": "waiting", "attempts": 0},
+    }
+    env.h.clock.advance(6)
+    assert run(env, "status", jid=JID)["summary"] == {"returned": 1, "pending": 1}
+    assert out["fun"] == "cmd.run" and out["published_at"].endswith("Z")
+
+
+def test_status_of_excluded_and_unknown_jobs(env):
+    env.h.record(new_event(fun="saltutil.find_job", arg=["x"]))
+    out = run(env, "status", jid=JID)
+    assert out["excluded"] is True and "exclude_functions" in out["comment"]
+    assert run(env, "status", jid="20990101000000000000")["retcode"] == 1
+
+
+def test_invoke_disabled_says_so():
+    out = commands.invoke({"job_retry": {"enabled": False}}, {}, "pending")
+    assert out["retcode"] == 1 and "disabled" in out["error"]
+    assert commands.invoke({}, {}, "pending")["retcode"] == 1
+
+
+def test_invoke_invalid_config():
+    out = commands.invoke({"job_retry": {"enabled": "yes"}}, {}, "pending")
+    assert out["retcode"] == 1 and "job_retry:enabled must be a boolean" in out["error"]
+
+
+def test_invoke_redis_unreachable_is_a_message_not_a_traceback():
+    opts = {"job_retry": {"enabled": True, "redis_url": "redis://:hunter2@127.0.0.1:1/0", "socket_timeout": 1}}
+    out = commands.invoke(opts, {}, "status", jid=JID)
+    assert out["retcode"] == 1
+    assert out["error"].startswith("Redis unreachable at redis://:***@127.0.0.1:1/0")
+    assert "hunter2" not in out["error"]
+
+
+def test_invoke_reuses_the_cached_client(server):
+    opts = {"job_retry": {"enabled": True}, "sock_dir": "/nonexistent"}
+    context = {}
+    conf = saltside.load_config(opts)
+    context[saltside.CONTEXT_KEY] = {
+        (conf.redis_url, conf.password, conf.socket_timeout): fakeredis.FakeRedis(server=server)
+    }
+    assert commands.invoke(opts, context, "enqueue") == {"queued": {}, "count": 0}

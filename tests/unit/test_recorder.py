@@ -1,0 +1,189 @@
+import redis
+from conftest import JID, T0, new_event, ret_event
+from salt_job_retry.store import SHAS
+
+OTHER = "20261122050816467999"
+
+
+class CountingClient:
+    """Proxy that counts round trips: pipelines executed and direct commands."""
+
+    def __init__(self, client):
+        self._client = client
+        self.round_trips = 0
+
+    def pipeline(self, *args, **kwargs):
+        pipe = self._client.pipeline(*args, **kwargs)
+        original = pipe.execute
+
+        def execute(*a, **kw):
+            self.round_trips += 1
+            return original(*a, **kw)
+
+        pipe.execute = execute
+        return pipe
+
+    def __getattr__(self, name):
+        attr = getattr(self._client, name)
+        if callable(attr):
+
+            def call(*a, **kw):
+                self.round_trips += 1
+                return attr(*a, **kw)
+
+            return call
+        return attr
+
+
+def test_new_event_records_job_and_targets_with_ttl(h):
+    assert h.record(new_event(minions=["alpha", "beta"])) == 1
+    job = h.store.job(JID)
+    assert job["fun"] == "cmd.run"
+    assert job["arg"] == ["echo hi", {"__kwarg__": True, "template": "jinja"}]
+    assert job["tgt"] == "*" and job["tgt_type"] == "glob" and job["user"] == "root"
+    assert abs(job["time"] - T0) < 1e-3
+    assert h.redis.smembers(h.store.keys.targets(JID)) == {b"alpha", b"beta"}
+    for key in h.redis.scan_iter():
+        assert 0 < h.redis.ttl(key) <= h.conf.ttl, key
+
+
+def test_batch_of_events_is_one_round_trip(h):
+    h.record(new_event(jid=OTHER))  # warm Redis' script cache
+    counting = CountingClient(h.redis)
+    h.store.client = counting
+    events = [new_event(jid=f"2026112205081646{i:04d}", minions=[f"m{j}" for j in range(20)]) for i in range(50)]
+    events += [ret_event(f"m{j}", jid=f"2026112205081646{i:04d}") for i in range(50) for j in range(20)]
+    assert h.record(*events) == 1050
+    assert counting.round_trips == 1
+    assert h.redis.scard(h.store.keys.returned("20261122050816460007")) == 20
+
+
+def test_cold_script_cache_costs_two_extra_round_trips(h):
+    counting = CountingClient(h.redis)
+    h.store.client = counting
+    h.record(new_event())
+    assert counting.round_trips == 3  # EVALSHA -> NOSCRIPT, load all scripts, resend
+
+
+def test_single_return_is_one_round_trip(h):
+    h.record(new_event())
+    counting = CountingClient(h.redis)
+    h.store.client = counting
+    h.record(ret_event("alpha"))
+    assert counting.round_trips == 1
+
+
+def test_second_new_event_merges_and_keeps_original(h):
+    h.record(new_event(minions=["alpha", "beta"]))
+    replay_new = new_event(minions=["beta"], when=T0 + 60)
+    replay_new["data"].update(tgt=["beta"], tgt_type="list")
+    h.record(replay_new)
+    assert h.redis.smembers(h.store.keys.targets(JID)) == {b"alpha", b"beta"}
+    job = h.store.job(JID)
+    assert job["tgt"] == "*" and abs(job["time"] - T0) < 1e-3
+
+
+def test_return_marks_only_targeted_minions(h):
+    h.record(new_event(minions=["alpha"]))
+    h.record(ret_event("alpha"), ret_event("intruder"))
+    assert h.redis.smembers(h.store.keys.returned(JID)) == {b"alpha"}
+
+
+def test_return_for_unknown_jid_writes_nothing(h):
+    h.record(ret_event("alpha", jid=OTHER))  # e.g. a scheduled job on the minion
+    assert list(h.redis.scan_iter()) == []
+
+
+def test_excluded_functions_are_marked_but_never_targeted(h):
+    h.record(new_event(fun="saltutil.find_job", arg=[JID]), ret_event("alpha", fun="saltutil.find_job"))
+    assert h.store.job(JID)["excluded"] is True
+    assert not h.redis.exists(h.store.keys.targets(JID))
+    assert not h.redis.exists(h.store.keys.unswept)
+
+
+def test_include_functions_limits_what_is_recorded(make):
+    h = make(include_functions=["state.*"])
+    h.record(new_event(fun="cmd.run"), new_event(jid=OTHER, fun="state.apply", arg=[]))
+    assert h.store.job(JID)["excluded"] is True
+    assert h.redis.scard(h.store.keys.targets(OTHER)) == 2
+
+
+def test_compound_job_is_recorded_if_any_function_is_wanted(h):
+    h.record(new_event(fun=["test.ping", "cmd.run"], arg=[[], ["echo hi"]]))
+    assert h.redis.scard(h.store.keys.targets(JID)) == 2
+
+
+def test_malformed_events_are_skipped_not_fatal(h, caplog):
+    bad = [
+        None,
+        "salt/job/x/new",
+        {"tag": None, "data": {}},
+        {"tag": "salt/job/x/new", "data": "not a dict"},
+        {"tag": "salt/job/bad jid!/new", "data": {"minions": ["a"], "fun": "cmd.run"}},
+        {"tag": f"salt/job/{OTHER}/new", "data": {"minions": "alpha", "fun": "cmd.run"}},
+        {"tag": f"salt/job/{OTHER}/new", "data": {"minions": ["alpha"]}},
+        {"tag": f"salt/job/{JID}/ret/bad\nid", "data": {"fun": "cmd.run"}},
+        {"tag": "salt/auth", "data": {"id": "alpha"}},
+    ]
+    assert h.record(*bad, new_event()) == 1
+    assert h.redis.scard(h.store.keys.targets(JID)) == 2
+    assert h.recorder.record(None) == 0
+
+
+def test_odd_minion_ids_round_trip(h):
+    ids = ["web:1", "db{2}", "cache*", "has space", "münchen-01", "ü{}:* x"]
+    h.record(new_event(minions=ids))
+    h.record(*[ret_event(m) for m in ids[:2]])
+    h.clock.advance(10)
+    queued = {m for _, m, _ in h.store.sweep()}
+    assert queued == set(ids[2:])
+    assert set(h.store.pending(ids)) == set(ids)
+    for m in ids[2:]:
+        assert [e["jid"] for e in h.store.pending([m])[m]] == [JID]
+
+
+def test_redis_down_keeps_events_and_writes_them_later(h, caplog):
+    h.server.connected = False
+    assert h.record(new_event()) == 0
+    assert h.record(ret_event("alpha")) == 0
+    assert len(h.recorder.backlog) == 2
+    assert "holding 2 event(s)" in caplog.text
+    h.server.connected = True
+    assert h.record() == 2
+    assert h.redis.smembers(h.store.keys.returned(JID)) == {b"alpha"}
+    assert not h.recorder.backlog
+
+
+def test_backlog_is_bounded(make, caplog):
+    h = make(backlog_max=3)
+    h.server.connected = False
+    h.record(*[new_event(jid=f"2026112205081646{i:04d}") for i in range(5)])
+    assert len(h.recorder.backlog) == 3 and h.recorder.dropped == 2
+    assert "dropped the 2 oldest" in caplog.text
+
+
+def test_lost_script_cache_is_reloaded(h):
+    h.record(new_event())
+    h.redis.script_flush()
+    assert h.redis.script_exists(SHAS["record_return"]) == [False]
+    h.record(ret_event("alpha"))
+    assert h.redis.smembers(h.store.keys.returned(JID)) == {b"alpha"}
+
+
+def test_non_connection_errors_do_not_escape(h, monkeypatch, caplog):
+    def boom(self):
+        raise redis.exceptions.ResponseError("OOM command not allowed")
+
+    monkeypatch.setattr("salt_job_retry.store.Batch.execute", boom)
+    assert h.record(new_event()) == 0
+    assert "could not record" in caplog.text
+    assert len(h.recorder.backlog) == 1
+
+
+def test_retry_alias_jid_is_not_tracked_and_its_return_closes_the_original(h):
+    h.record(new_event(minions=["alpha", "beta"]))
+    h.store.register_alias(OTHER, JID)
+    h.record(new_event(jid=OTHER, minions=["beta"]))
+    assert not h.redis.exists(h.store.keys.targets(OTHER))
+    h.record(ret_event("beta", jid=OTHER, metadata={"job_retry": {"orig_jid": JID, "attempt": 0}}))
+    assert h.redis.smembers(h.store.keys.returned(JID)) == {b"beta"}
