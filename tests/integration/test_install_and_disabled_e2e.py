@@ -1,0 +1,62 @@
+"""Both install routes and the off switch, each on a fresh master."""
+
+import subprocess
+import sys
+import time
+
+from tests.saltlab import REPO, Lab
+
+
+def replay_scenario(lab, tag):
+    """The core story on this lab: beta is down at publish, starts, runs the job once."""
+    lab.kill_minion("beta")
+    lab.publish_trace("*", tag)
+    assert lab.wait_trace("alpha", tag) == 1
+    lab.start_minion("beta")
+    assert lab.wait_trace("beta", tag) == 1
+    time.sleep(4)
+    assert lab.trace_count("beta", tag) == 1
+
+
+def test_sync_all_route_without_pip_install(tmp_path):
+    probe = subprocess.run([sys.executable, "-c", "import salt_job_retry"], capture_output=True, cwd=tmp_path)
+    assert probe.returncode != 0, "the package must not be pip-installed for this test"
+    with Lab(install="sync") as lab:
+        synced = lab.sync_all()
+        assert "runners.job_retry" in synced["runners"]
+        assert "returners.job_retry" in synced["returners"]
+        assert "engines.job_retry" in synced["engines"]
+        lab.restart_master()  # engines start only with the master
+        lab.wait_engine()
+        code, out = lab.run("job_retry.enqueue")
+        assert code == 0, out
+        replay_scenario(lab, "synced")
+        assert "salt_job_retry" in "".join(p.name for p in (lab.extmods / "utils").iterdir())
+
+
+def test_pip_route_without_sync(tmp_path):
+    site = tmp_path / "site"
+    subprocess.run(
+        [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(site), str(REPO)],
+        check=True,
+        cwd=tmp_path,
+    )
+    assert (site / "salt_job_retry" / "engines" / "job_retry.py").exists()
+    with Lab(install="pip", env={"PYTHONPATH": str(site)}) as lab:
+        assert not (lab.extmods / "runners").exists()
+        code, out = lab.run("job_retry.enqueue")
+        assert code == 0, out
+        replay_scenario(lab, "piped")
+
+
+def test_disabled_records_and_replays_nothing():
+    with Lab(job_retry={"enabled": False}, wait_for_engine=False) as lab:
+        lab.kill_minion("beta")
+        lab.publish_trace("*", "off")
+        assert lab.wait_trace("alpha", "off") == 1
+        lab.start_minion("beta")
+        time.sleep(5)
+        assert lab.trace_count("beta", "off") == 0
+        assert list(lab.redis().scan_iter("jr:*")) == []
+        code, out = lab.run("job_retry.pending")
+        assert code == 1 and "disabled" in out["error"]

@@ -1,0 +1,144 @@
+"""
+End to end on real daemons: redis-server, salt-master with the returner and the
+engine, two salt-minions. A job "ran" only if its trace line is on disk.
+"""
+
+import time
+
+import pytest
+
+SETTLE = 5  # seconds to wait for a duplicate that must not come
+
+
+def wait_for(check, timeout=30, every=0.5):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(every)
+    return check()
+
+
+def status(lab, jid):
+    code, out = lab.run("job_retry.status", jid)
+    assert code == 0, out
+    return out
+
+
+def pending_jids(lab, minion):
+    code, out = lab.run("job_retry.pending", minion)
+    assert code == 0, out
+    return [entry["jid"] for entry in out[minion]]
+
+
+def test_down_minion_gets_the_job_once_after_the_sweep(fleet):
+    fleet.kill_minion("beta")
+    jid = fleet.publish_trace("*", "sweep")
+    assert fleet.wait_trace("alpha", "sweep") == 1
+    # timeout 5 s + engine sweep every 2 s: the job shows up as pending for beta
+    assert wait_for(lambda: jid in pending_jids(fleet, "beta"), timeout=20)
+    assert status(fleet, jid)["minions"]["beta"]["state"] == "pending"
+    fleet.start_minion("beta")
+    assert fleet.wait_trace("beta", "sweep") == 1
+    time.sleep(SETTLE)
+    assert fleet.trace_count("beta", "sweep") == 1
+    assert fleet.trace_count("alpha", "sweep") == 1
+    assert wait_for(lambda: status(fleet, jid)["minions"]["beta"]["state"] == "returned")
+    assert pending_jids(fleet, "beta") == []
+    # the late result is filed under the job the operator published
+    code, lookup = fleet.run("jobs.lookup_jid", jid)
+    assert code == 0 and "beta" in lookup and "alpha" in lookup, lookup
+
+
+def test_minion_back_before_the_sweep_still_gets_it(fleet):
+    fleet.kill_minion("beta")
+    jid = fleet.publish_trace("*", "early")
+    assert status(fleet, jid)["minions"]["beta"]["state"] == "waiting"  # not swept yet
+    fleet.start_minion("beta")
+    assert fleet.wait_trace("beta", "early") == 1
+    time.sleep(SETTLE)
+    assert fleet.trace_count("beta", "early") == 1
+
+
+def test_minion_that_returned_never_runs_it_again(fleet):
+    jid = fleet.publish_trace("*", "once")
+    for name in ("alpha", "beta"):
+        assert fleet.wait_trace(name, "once") == 1
+    assert wait_for(lambda: status(fleet, jid)["summary"] == {"returned": 2})
+    for _ in range(2):
+        fleet.kill_minion("alpha")
+        fleet.start_minion("alpha")
+    fleet.restart_master()  # every minion reconnects and fires a start event
+    time.sleep(SETTLE)
+    assert fleet.trace_count("alpha", "once") == 1
+    assert fleet.trace_count("beta", "once") == 1
+
+
+def test_flush_cancels_what_a_minion_is_owed(fleet):
+    fleet.kill_minion("beta")
+    jid = fleet.publish_trace("*", "flushme")
+    assert wait_for(lambda: jid in pending_jids(fleet, "beta"), timeout=20)
+    code, out = fleet.run("job_retry.flush", "beta")
+    assert code == 0 and jid in out["jids"], out
+    fleet.start_minion("beta")
+    time.sleep(SETTLE)
+    assert fleet.trace_count("beta", "flushme") == 0
+    assert status(fleet, jid)["minions"]["beta"]["state"] == "flushed"
+
+
+def test_retry_republishes_to_connected_and_queues_the_rest(fleet):
+    fleet.kill_minion("beta")
+    jid = fleet.publish_trace("*", "retry")
+    fleet.run("job_retry.flush", "beta")  # nothing automatic: only the operator's retry
+    code, out = fleet.run("job_retry.retry", jid)
+    assert code == 0 and out["queued"] == ["beta"] and out["published"] == [], out
+    fleet.start_minion("beta")  # the retry re-queued it: the engine replays on start
+    assert fleet.wait_trace("beta", "retry") == 1
+
+    jid2 = fleet.publish_trace("alpha", "retry2")
+    assert fleet.wait_trace("alpha", "retry2") == 1
+    assert wait_for(lambda: status(fleet, jid2)["minions"]["alpha"]["state"] == "returned")
+    # alpha returned, so retry has nothing to do ...
+    code, out = fleet.run("job_retry.retry", jid2)
+    assert code == 0 and out["published"] == [], out
+
+
+def test_retry_reaches_a_connected_minion_that_saw_the_jid(fleet):
+    fleet.kill_minion("beta")
+    jid = fleet.publish_trace("*", "connected")
+    fleet.run("job_retry.flush", "beta")
+    fleet.start_minion("beta")
+    time.sleep(2)
+    assert fleet.trace_count("beta", "connected") == 0
+    code, out = fleet.run("job_retry.retry", jid)
+    assert code == 0 and out["published"] == ["beta"] and out["retry_jid"] != jid, out
+    assert fleet.wait_trace("beta", "connected") == 1
+    assert wait_for(lambda: status(fleet, jid)["minions"]["beta"]["state"] == "returned")
+    assert fleet.trace_count("alpha", "connected") == 1
+
+
+def test_job_that_kills_its_minion_stops_after_max_attempts(fleet):
+    fleet.kill_minion("beta")
+    pidfile = f"{fleet.root}/{{{{ grains.id }}}}/minion.pid"
+    command = fleet.trace_cmd("killer") + f"; kill -9 $(cat {pidfile})"
+    jid = fleet.salt_async("beta", "cmd.run", command, "template=jinja")
+    for attempt in (1, 2, 3):
+        fleet.start_minion("beta")
+        assert fleet.wait_trace("beta", "killer", count=attempt, timeout=20) == attempt
+        assert wait_for(lambda: not fleet.minion_running("beta"), timeout=15)
+        fleet.kill_minion("beta")  # reap the rest of its process group
+        time.sleep(2.5)  # past the lab's 2 s claim lease: the next start is a new attempt
+    fleet.start_minion("beta")  # max_attempts is 3: this start finds it exhausted
+    time.sleep(SETTLE)
+    assert fleet.trace_count("beta", "killer") == 3
+    assert status(fleet, jid)["minions"]["beta"] == {"state": "exhausted", "attempts": 3}
+    assert pending_jids(fleet, "beta") == []
+
+
+@pytest.mark.parametrize("bad", ["20990101000000000000", "not-a-jid!"])
+def test_runner_errors_exit_non_zero(fleet, bad):
+    code, out = fleet.run("job_retry.status", bad)
+    assert code == 1 and "error" in out
+    code, out = fleet.run("job_retry.pending", "no-such-minion")
+    assert code == 1 and "unknown minion" in out["error"]
