@@ -14,7 +14,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tests.saltlab import Lab  # noqa: E402
+from tests.saltlab import Lab
 
 
 def say(step, text):
@@ -60,7 +60,10 @@ def main():
         print(f"    beta ran it ({beta}x)")
 
         say(6, f"salt-run job_retry.status {jid}")
-        state = wait_for(lambda: (lambda s: s if s.get("summary") == {"returned": 2} else None)(lab.run("job_retry.status", jid)[1]), 15)
+        state = wait_for(
+            lambda: (lambda s: s if s.get("summary") == {"returned": 2} else None)(lab.run("job_retry.status", jid)[1]),
+            15,
+        )
         show(state and state["minions"])
 
         say(7, f"salt-run jobs.lookup_jid {jid}   (beta's late result, under the original jid)")
