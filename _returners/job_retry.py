@@ -56,31 +56,26 @@ def __virtual__():
 
 
 def _recorder():
-    """The process's Recorder, or None when disabled or misconfigured (said once)."""
+    """The process's Recorder (config validated once), or None when disabled or misconfigured."""
+    if "job_retry.recorder" in __context__:
+        return __context__["job_retry.recorder"]
     recorder = _core()
     from salt_job_retry import saltside  # importable now that _core() succeeded
     from salt_job_retry.config import ConfigError
 
-    conf_override = None
+    override = None
+    if __opts__.get("job_retry") is None and "config.get" in __salt__:
+        override = __salt__["config.get"]("job_retry") or None  # e.g. pillar, for --return on a minion
     try:
-        raw = __opts__.get("job_retry")
-        if raw is None and "config.get" in __salt__:
-            conf_override = __salt__["config.get"]("job_retry") or None
-        conf = saltside.load_config(__opts__, __context__, conf_override)
+        conf = saltside.load_config(__opts__, __context__, override)
     except ConfigError as exc:
-        if __context__.get("job_retry.said") != str(exc):
-            log.error("job_retry returner: invalid configuration, recording nothing: %s", exc)
-            __context__["job_retry.said"] = str(exc)
-        return None
-    if not conf.enabled:
-        if not __context__.get("job_retry.said"):
-            log.info("job_retry returner: job_retry:enabled is false; recording nothing")
-            __context__["job_retry.said"] = "disabled"
-        return None
-    cached = __context__.get("job_retry.recorder")
-    if cached is None or cached.conf != conf:
-        cached = recorder.Recorder(saltside.store_for(conf, __context__), conf)
-        __context__["job_retry.recorder"] = cached
+        log.error("job_retry returner: invalid configuration, recording nothing: %s", exc)
+        conf = None
+    if conf is not None and not conf.enabled:
+        log.info("job_retry returner: job_retry:enabled is false; recording nothing")
+        conf = None
+    cached = recorder.Recorder(saltside.store_for(conf, __context__), conf) if conf else None
+    __context__["job_retry.recorder"] = cached
     return cached
 
 
