@@ -146,7 +146,7 @@ def _is_number(value: Any) -> bool:
 def _check(name: str, ok: bool, value: Any) -> None:
     if not ok:
         kind = next(o.kind for o in OPTIONS if o.name == name)
-        raise ConfigError(f"job_retry:{name} must be a {kind}, got {value!r}")
+        raise ConfigError(f"job_retry:{name}: expected {kind}, got {value!r}")
 
 
 def _globs(name: str, value: Any) -> tuple[str, ...]:

@@ -140,7 +140,7 @@ def test_invoke_disabled_says_so():
 
 def test_invoke_invalid_config():
     out = commands.invoke({"job_retry": {"enabled": "yes"}}, {}, "pending")
-    assert out["retcode"] == 1 and "job_retry:enabled must be a boolean" in out["error"]
+    assert out["retcode"] == 1 and "job_retry:enabled: expected boolean, got 'yes'" in out["error"]
 
 
 def test_invoke_redis_unreachable_is_a_message_not_a_traceback():

@@ -43,7 +43,7 @@ def test_option_table_matches_config_defaults():
 def test_bad_values_name_the_key_and_type(raw, key, kind):
     with pytest.raises(ConfigError) as err:
         config.load(raw)
-    assert f"job_retry:{key}" in str(err.value)
+    assert f"job_retry:{key}: expected" in str(err.value)
     assert kind in str(err.value)
 
 

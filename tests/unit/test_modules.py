@@ -74,7 +74,7 @@ def test_returner_bad_config_logs_once(caplog):
     returner = load("returners", opts={"job_retry": {"enabled": True, "ttl": "week"}}, context={}, salt={})
     returner.event_return([new_event()])
     returner.event_return([new_event()])
-    assert caplog.text.count("job_retry:ttl must be a integer >= 60") == 1
+    assert caplog.text.count("job_retry:ttl: expected integer >= 60") == 1
 
 
 def test_returner_reads_config_get_where_opts_lack_it(server):
