@@ -3,9 +3,10 @@ Replay missed jobs to minions when they start (salt-job-retry).
 
 On ``salt/minion/<id>/start`` the engine republishes to that minion every job it
 is owed (queued by the sweep, or published while it was down and not swept
-yet), under the original jid, with ``metadata: {job_retry: {attempt: n}}``.
+yet), under the original jid, with ``metadata: {job_retry: {attempt: n}}``,
+at most ``max_replays_per_second`` across every engine sharing the Redis.
 Every ``interval`` seconds it runs the sweep. It fires
-``salt/job_retry/<jid>/queued|replayed|exhausted/<minion>`` for reactors.
+``salt/job_retry/<jid>/queued|replayed|exhausted|interrupted/<minion>`` for reactors.
 
 The engine never exits: Redis trouble is logged and retried with backoff.
 Engines start only with the master: restart it after installing or syncing.
@@ -30,7 +31,7 @@ log = logging.getLogger(__name__)
 __virtualname__ = "job_retry"
 
 try:
-    from salt_job_retry import replay, saltside
+    from salt_job_retry import recorder, replay, saltside
     from salt_job_retry.config import ConfigError
 
     IMPORT_ERROR = None
@@ -62,7 +63,10 @@ def start(**kwargs):
         _idle("job_retry:enabled is false")
     store = saltside.store_for(conf, {})
     bus = salt.utils.event.get_master_event(__opts__, __opts__["sock_dir"], listen=True)
-    replayer = replay.Replayer(store, conf, saltside.make_publisher(__opts__), bus.fire_event)
-    loop = replay.EngineLoop(replayer, lambda wait: bus.get_event(wait=wait, full=True), conf.interval)
+    publish = saltside.make_publisher(__opts__)
+    replayer = replay.Replayer(store, conf, publish, bus.fire_event, lambda: saltside.new_jid(__opts__))
+    drainer = recorder.Recorder(store, conf, saltside.spool_for(conf, __opts__))
+    next_event = lambda wait: bus.get_event(wait=wait, full=True)  # noqa: E731
+    loop = replay.EngineLoop(replayer, next_event, conf.interval, recorder=drainer)
     log.info("job_retry engine started (redis %s, sweep every %ss)", conf.redis_display, conf.interval)
     loop.run_forever()

@@ -3,15 +3,16 @@ Record Salt jobs and returns for salt-job-retry.
 
 Used as the master's ``event_return`` returner: from ``salt/job/<jid>/new`` it
 records the job (fun, arg with kwargs, tgt, tgt_type, user, time) and merges its
-target list; from ``salt/job/<jid>/ret/<id>`` it records that the minion returned.
+target list; from ``salt/job/<jid>/start/<id>`` (Salt 3008 ``--start-event``) that
+the minion accepted it; from ``salt/job/<jid>/ret/<id>`` that the minion returned.
 A whole batch of events costs one Redis round trip.
 
 Compatibility: ``event_return`` (master) and ``returner`` (``--return job_retry``,
 runs where the return is made and needs the same config there). Nothing else.
 
-If Redis is unreachable the events are kept in memory (``backlog_max``) and
-written when it is back; ``event_return`` never raises, because Salt would
-drop the batch. The Redis key layout is documented in ``salt_job_retry.store``.
+If Redis is unreachable the events are spooled to disk (``spool_dir``, bounded
+by ``spool_max_bytes``) and written when it is back; ``event_return`` never
+raises, because Salt would drop the batch. The Redis key layout is documented in ``salt_job_retry.store``.
 
 Configuration (master config):
 
@@ -74,7 +75,9 @@ def _recorder():
     if conf is not None and not conf.enabled:
         log.info("job_retry returner: job_retry:enabled is false; recording nothing")
         conf = None
-    cached = recorder.Recorder(saltside.store_for(conf, __context__), conf) if conf else None
+    cached = None
+    if conf:
+        cached = recorder.Recorder(saltside.store_for(conf, __context__), conf, saltside.spool_for(conf, __opts__))
     __context__["job_retry.recorder"] = cached
     return cached
 

@@ -1,44 +1,52 @@
 # salt-job-retry: every option of the `job_retry:` block, with its default.
+# Generated from salt_job_retry/config.py by scripts/gen_config_docs.py.
 #
 # This block goes in the MASTER config (e.g. /etc/salt/master.d/job_retry.conf):
-# the returner, runner and engine all run on the master and read it from there.
-# The file is kept in pillar form so it can also be served to minions that use
-# `--return job_retry` (the returner then reads it with config.get).
+# the returner, runner and engine all run on the master and read it there.
+# Minions that use `--return job_retry` read it with config.get (pillar works).
 
 job_retry:
-  # Master switch. Off (the default): nothing is recorded or replayed, and
-  # `salt-run job_retry.*` answers with an error saying it is disabled.
+  # Master switch. Off: nothing is recorded or replayed and runners say so. (boolean)
   enabled: false
 
-  # Where the state lives: redis://, rediss:// (TLS) or unix:// URLs.
-  # A password may be given in the URL (redis://:secret@host:6379/0).
+  # Where the state lives. A password may be given in the URL. (redis://, rediss:// or unix:// URL)
   redis_url: redis://127.0.0.1:6379/0
 
-  # Redis password; overrides one in redis_url. (default: none)
-  # password: secret
+  # Redis ACL user; overrides one in `redis_url`. (string)
+  # username:
 
-  # Prefix of every Redis key: A-Z a-z 0-9 _ . : - (at most 64 characters).
+  # Redis password; overrides one in `redis_url`. (string)
+  # password:
+
+  # CA bundle to verify a `rediss://` server. (path string)
+  # ssl_ca_certs:
+
+  # Client certificate for `rediss://` (mutual TLS). (path string)
+  # ssl_certfile:
+
+  # Key of `ssl_certfile`. (path string)
+  # ssl_keyfile:
+
+  # Prefix of every Redis key, so several masters or tests can share a Redis. (string of A-Z a-z 0-9 _ . : - (max 64))
   key_prefix: job_retry
 
-  # Seconds to wait for Redis before a call fails.
+  # Seconds to wait for Redis before a call fails. (number > 0)
   socket_timeout: 5.0
 
-  # Seconds after publish before a silent minion counts as missing and is
-  # queued by the sweep. (A minion that starts earlier gets the job anyway.)
+  # Seconds after publish before a silent minion counts as missing for the sweep. (number > 0)
   timeout: 30
 
-  # Replays per (jid, minion); after that it is marked exhausted.
+  # Replays per (jid, minion) before it is marked exhausted. (integer >= 1)
   max_attempts: 3
 
-  # Seconds every key lives after its last write (7 days).
+  # Seconds every key lives after its last write (default 7 days). (integer >= 60)
   ttl: 604800
 
-  # Seconds a replay claim blocks another replay of the same (jid, minion):
-  # duplicate start events (two masters, reconnect bursts) replay once.
+  # Seconds a replay claim blocks other engines; a claim whose engine died is retried after it. (number > 0)
   claim_lease: 10
 
-  # Functions never replayed (globs). Setting this REPLACES the default list:
-  exclude_functions:
+  # Functions never recorded for replay. Setting it replaces the default list. (list of glob strings)
+  exclude_functions: 
     - saltutil.find_job
     - saltutil.running
     - saltutil.is_running
@@ -67,15 +75,32 @@ job_retry:
     - state.show_*
     - mine.get
 
-  # If non-empty, only these functions are recorded (exclusions still apply).
+  # If non-empty, only these functions are recorded (exclusions still apply). (list of glob strings)
   include_functions: []
 
-  # Seconds between the engine's sweeps.
+  # Seconds between the engine's sweeps. (number > 0)
   interval: 10
 
-  # Seconds `salt-run job_retry.retry` waits for test.ping to learn which
-  # minions are connected.
+  # Fleet-wide replay rate (all engines on this Redis); the rest wait their turn. (number > 0)
+  max_replays_per_second: 50
+
+  # Replay under the original jid (minions drop duplicates) or a fresh, linked one. ('original' or 'new')
+  replay_jid: original
+
+  # Replay a job a minion acknowledged but restarted before returning. (boolean)
+  replay_interrupted: false
+
+  # Also replay when `salt/presence/change` lists a minion as new (needs presence_events). (boolean)
+  replay_on_presence: false
+
+  # Seconds `retry` waits for test.ping to learn which minions are connected. (number > 0)
   retry_ping_timeout: 5
 
-  # Events the returner keeps in memory while Redis is unreachable.
-  backlog_max: 10000
+  # Jobs whose packed arguments are larger are not recorded (status says why). (integer >= 1024)
+  max_job_bytes: 1048576
+
+  # Where events wait while Redis is unreachable (default: <cachedir>/job_retry). (path string)
+  # spool_dir:
+
+  # Size cap of the spool; events past it are dropped with an error. (integer >= 0)
+  spool_max_bytes: 67108864

@@ -116,7 +116,7 @@ def retry(env: Env, jid: str) -> dict:
 
 
 def enqueue(env: Env) -> dict:
-    queued = Replayer(env.store, env.conf, env.publish, env.fire).sweep()
+    queued = Replayer(env.store, env.conf, env.publish, env.fire, env.new_jid).sweep()
     by_jid: dict[str, list[str]] = {}
     for jid, minion, _ in queued:
         by_jid.setdefault(jid, []).append(minion)
@@ -142,6 +142,10 @@ def status(env: Env, jid: str) -> dict:
     }
     if job.get("excluded"):
         return {**out, "excluded": True, "comment": f"{job.get('fun')} matches exclude_functions; never replayed"}
+    if job.get("too_large"):
+        size, limit = job["too_large"], env.conf.max_job_bytes
+        comment = f"not recorded: arguments are {size} bytes packed, over max_job_bytes ({limit})"
+        return {**out, "recorded": False, "comment": comment}
     minions = found["minions"]
     return {**out, "summary": dict(Counter(s["state"] for s in minions.values())), "minions": minions}
 
@@ -154,6 +158,8 @@ def _tracked_job(env: Env, jid: str) -> tuple[dict | None, dict | None]:
         return None, error(f"unknown jid {jid}: nothing recorded (never seen, or expired after ttl)")
     if job.get("excluded"):
         return None, error(f"job {jid} runs {job.get('fun')}, which exclude_functions excludes; not retried")
+    if job.get("too_large"):
+        return None, error(f"job {jid} was not recorded (arguments over max_job_bytes); cannot retry it")
     return job, None
 
 

@@ -8,6 +8,7 @@ This is the one place the defaults live; the README's config reference and
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -52,65 +53,176 @@ class ConfigError(ValueError):
     """A ``job_retry`` option has a value of the wrong type or range."""
 
 
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _optional_str(value: Any) -> bool:
+    return value is None or isinstance(value, str)
+
+
+def _globs(value: Any) -> bool:
+    return isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value)
+
+
 @dataclass(frozen=True)
 class Option:
     name: str
     default: Any
     kind: str  # human-readable expected type, used in error messages
+    check: Callable[[Any], bool]
     doc: str
 
 
+def _positive(value: Any) -> bool:
+    return _is_number(value) and value > 0
+
+
 OPTIONS: tuple[Option, ...] = (
-    Option("enabled", False, "boolean", "Master switch. Off: nothing is recorded or replayed and runners say so."),
+    Option(
+        "enabled",
+        False,
+        "boolean",
+        lambda v: isinstance(v, bool),
+        "Master switch. Off: nothing is recorded or replayed and runners say so.",
+    ),
     Option(
         "redis_url",
         "redis://127.0.0.1:6379/0",
         "redis://, rediss:// or unix:// URL",
+        lambda v: isinstance(v, str) and urlsplit(v).scheme in REDIS_SCHEMES,
         "Where the state lives. A password may be given in the URL.",
     ),
-    Option("password", None, "string", "Redis password; overrides one in `redis_url`."),
+    Option("username", None, "string", _optional_str, "Redis ACL user; overrides one in `redis_url`."),
+    Option("password", None, "string", _optional_str, "Redis password; overrides one in `redis_url`."),
+    Option("ssl_ca_certs", None, "path string", _optional_str, "CA bundle to verify a `rediss://` server."),
+    Option("ssl_certfile", None, "path string", _optional_str, "Client certificate for `rediss://` (mutual TLS)."),
+    Option("ssl_keyfile", None, "path string", _optional_str, "Key of `ssl_certfile`."),
     Option(
         "key_prefix",
         "job_retry",
         "string of A-Z a-z 0-9 _ . : - (max 64)",
+        lambda v: isinstance(v, str) and bool(KEY_PREFIX_RE.match(v)),
         "Prefix of every Redis key, so several masters or tests can share a Redis.",
     ),
-    Option("socket_timeout", 5.0, "number > 0", "Seconds to wait for Redis before a call fails."),
+    Option("socket_timeout", 5.0, "number > 0", _positive, "Seconds to wait for Redis before a call fails."),
     Option(
-        "timeout", 30, "number > 0", "Seconds after publish before a silent minion counts as missing for the sweep."
+        "timeout",
+        30,
+        "number > 0",
+        _positive,
+        "Seconds after publish before a silent minion counts as missing for the sweep.",
     ),
-    Option("max_attempts", 3, "integer >= 1", "Replays per (jid, minion) before it is marked exhausted."),
-    Option("ttl", 604800, "integer >= 60", "Seconds every key lives after its last write (default 7 days)."),
-    Option("claim_lease", 10, "number > 0", "Seconds a replay claim blocks another replay of the same (jid, minion)."),
+    Option(
+        "max_attempts",
+        3,
+        "integer >= 1",
+        lambda v: _is_int(v) and v >= 1,
+        "Replays per (jid, minion) before it is marked exhausted.",
+    ),
+    Option(
+        "ttl",
+        604800,
+        "integer >= 60",
+        lambda v: _is_int(v) and v >= 60,
+        "Seconds every key lives after its last write (default 7 days).",
+    ),
+    Option(
+        "claim_lease",
+        10,
+        "number > 0",
+        _positive,
+        "Seconds a replay claim blocks other engines; a claim whose engine died is retried after it.",
+    ),
     Option(
         "exclude_functions",
         list(DEFAULT_EXCLUDE_FUNCTIONS),
         "list of glob strings",
+        _globs,
         "Functions never recorded for replay. Setting it replaces the default list.",
     ),
     Option(
         "include_functions",
         [],
         "list of glob strings",
+        _globs,
         "If non-empty, only these functions are recorded (exclusions still apply).",
     ),
-    Option("interval", 10, "number > 0", "Seconds between the engine's sweeps."),
+    Option("interval", 10, "number > 0", _positive, "Seconds between the engine's sweeps."),
+    Option(
+        "max_replays_per_second",
+        50,
+        "number > 0",
+        _positive,
+        "Fleet-wide replay rate (all engines on this Redis); the rest wait their turn.",
+    ),
+    Option(
+        "replay_jid",
+        "original",
+        "'original' or 'new'",
+        lambda v: v in ("original", "new"),
+        "Replay under the original jid (minions drop duplicates) or a fresh, linked one.",
+    ),
+    Option(
+        "replay_interrupted",
+        False,
+        "boolean",
+        lambda v: isinstance(v, bool),
+        "Replay a job a minion acknowledged but restarted before returning.",
+    ),
+    Option(
+        "replay_on_presence",
+        False,
+        "boolean",
+        lambda v: isinstance(v, bool),
+        "Also replay when `salt/presence/change` lists a minion as new (needs presence_events).",
+    ),
     Option(
         "retry_ping_timeout",
         5,
         "number > 0",
+        _positive,
         "Seconds `retry` waits for test.ping to learn which minions are connected.",
     ),
-    Option("backlog_max", 10000, "integer >= 0", "Events the returner keeps in memory while Redis is unreachable."),
+    Option(
+        "max_job_bytes",
+        1048576,
+        "integer >= 1024",
+        lambda v: _is_int(v) and v >= 1024,
+        "Jobs whose packed arguments are larger are not recorded (status says why).",
+    ),
+    Option(
+        "spool_dir",
+        None,
+        "path string",
+        _optional_str,
+        "Where events wait while Redis is unreachable (default: <cachedir>/job_retry).",
+    ),
+    Option(
+        "spool_max_bytes",
+        67108864,
+        "integer >= 0",
+        lambda v: _is_int(v) and v >= 0,
+        "Size cap of the spool; events past it are dropped with an error.",
+    ),
 )
 OPTION_NAMES = frozenset(o.name for o in OPTIONS)
+_BY_NAME = {o.name: o for o in OPTIONS}
 
 
 @dataclass(frozen=True)
 class Config:
     enabled: bool = False
     redis_url: str = "redis://127.0.0.1:6379/0"
+    username: str | None = None
     password: str | None = None
+    ssl_ca_certs: str | None = None
+    ssl_certfile: str | None = None
+    ssl_keyfile: str | None = None
     key_prefix: str = "job_retry"
     socket_timeout: float = 5.0
     timeout: float = 30
@@ -120,8 +232,14 @@ class Config:
     exclude_functions: tuple[str, ...] = DEFAULT_EXCLUDE_FUNCTIONS
     include_functions: tuple[str, ...] = ()
     interval: float = 10
+    max_replays_per_second: float = 50
+    replay_jid: str = "original"
+    replay_interrupted: bool = False
+    replay_on_presence: bool = False
     retry_ping_timeout: float = 5
-    backlog_max: int = 10000
+    max_job_bytes: int = 1048576
+    spool_dir: str | None = None
+    spool_max_bytes: int = 67108864
     warnings: tuple[str, ...] = field(default=(), compare=False)
 
     @property
@@ -139,27 +257,6 @@ def redact_url(url: str) -> str:
     return urlunsplit(parts._replace(netloc=f"{user}***@{netloc}"))
 
 
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-def _check(name: str, ok: bool, value: Any) -> None:
-    if not ok:
-        kind = next(o.kind for o in OPTIONS if o.name == name)
-        raise ConfigError(f"job_retry:{name}: expected {kind}, got {value!r}")
-
-
-def _globs(name: str, value: Any) -> tuple[str, ...]:
-    if isinstance(value, str):
-        value = [value]
-    _check(name, isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value), value)
-    return tuple(value)
-
-
-def _check_url(url: Any) -> None:
-    _check("redis_url", isinstance(url, str) and urlsplit(url).scheme in REDIS_SCHEMES, url)
-
-
 def load(raw: Any) -> Config:
     """
     Validate the ``job_retry`` block and return a Config.
@@ -174,27 +271,14 @@ def load(raw: Any) -> Config:
         raise ConfigError(f"job_retry must be a mapping of options, got {type(raw).__name__}")
     values: dict[str, Any] = {}
     for name, value in raw.items():
-        if name not in OPTION_NAMES:
+        option = _BY_NAME.get(name)
+        if option is None:
             continue
-        if name == "enabled":
-            _check(name, isinstance(value, bool), value)
-        elif name == "redis_url":
-            _check_url(value)
-        elif name == "password":
-            _check(name, value is None or isinstance(value, str), value)
-        elif name == "key_prefix":
-            _check(name, isinstance(value, str) and bool(KEY_PREFIX_RE.match(value)), value)
-        elif name in ("max_attempts",):
-            _check(name, isinstance(value, int) and not isinstance(value, bool) and value >= 1, value)
-        elif name == "ttl":
-            _check(name, isinstance(value, int) and not isinstance(value, bool) and value >= 60, value)
-        elif name == "backlog_max":
-            _check(name, isinstance(value, int) and not isinstance(value, bool) and value >= 0, value)
-        elif name in ("exclude_functions", "include_functions"):
-            value = _globs(name, value)
-        else:  # the positive numbers
-            _check(name, _is_number(value) and value > 0, value)
-        values[name] = value
+        if name.endswith("_functions") and isinstance(value, str):
+            value = [value]
+        if not option.check(value):
+            raise ConfigError(f"job_retry:{name}: expected {option.kind}, got {value!r}")
+        values[name] = tuple(value) if name.endswith("_functions") else value
     unknown = sorted(str(k) for k in raw if k not in OPTION_NAMES)
     warnings = tuple(f"job_retry:{k} is not a known option and is ignored" for k in unknown)
     return Config(**values, warnings=warnings)

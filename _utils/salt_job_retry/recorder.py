@@ -2,13 +2,12 @@
 Turning Salt's job events into job_retry state (the returner's work).
 
 One call of ``Recorder.record(events)`` is one Redis round trip, whatever the
-batch size. It never raises: what could not be written (Redis down) is kept in
-a bounded in-memory backlog and written first on the next call.
+batch size. It never raises: what could not be written (Redis down) goes to a
+bounded on-disk spool and is written first on a later call (or by the engine).
 """
 
 from __future__ import annotations
 
-import collections
 import datetime
 import fnmatch
 import logging
@@ -18,13 +17,15 @@ from collections.abc import Iterable
 from typing import Any
 
 from .config import Config
-from .store import Batch, RedisUnavailable, Store, guard
+from .spool import Spool
+from .store import Batch, RedisUnavailable, Store, guard, pack
 
 log = logging.getLogger(__name__)
 
 JID_RE = re.compile(r"^[0-9A-Za-z_.-]{1,128}$")
 NEW_TAG = re.compile(r"^salt/job/([^/]+)/new$")
 RET_TAG = re.compile(r"^salt/job/([^/]+)/ret/(.+)$")
+ACK_TAG = re.compile(r"^salt/job/([^/]+)/start/(.+)$")
 MAX_MINION_ID = 512
 
 
@@ -55,7 +56,7 @@ def is_wanted(fun: Any, conf: Config) -> bool:
     return False
 
 
-def publish_time(data: dict) -> float:
+def event_time(data: dict) -> float:
     stamp = data.get("_stamp")
     if isinstance(stamp, str):
         try:
@@ -77,7 +78,7 @@ def job_from_new(data: dict) -> dict:
         "tgt": data.get("tgt"),
         "tgt_type": data.get("tgt_type", "glob"),
         "user": data.get("user"),
-        "time": publish_time(data),
+        "time": event_time(data),
     }
 
 
@@ -92,11 +93,10 @@ def replay_origin(data: dict) -> str | None:
 
 
 class Recorder:
-    def __init__(self, store: Store, conf: Config):
+    def __init__(self, store: Store, conf: Config, spool: Spool):
         self.store = store
         self.conf = conf
-        self.backlog: collections.deque = collections.deque()
-        self.dropped = 0
+        self.spool = spool
 
     def stage(self, batch: Batch, tag: Any, data: Any) -> bool:
         """Add the writes one event needs to batch. Returns whether it was relevant."""
@@ -108,6 +108,9 @@ class Recorder:
         match = RET_TAG.match(tag)
         if match:
             return self._stage_ret(batch, match.group(1), match.group(2), data)
+        match = ACK_TAG.match(tag)
+        if match:
+            return self._stage_ack(batch, match.group(1), match.group(2), data)
         return False
 
     def _stage_new(self, batch: Batch, jid: str, data: dict) -> bool:
@@ -122,10 +125,21 @@ class Recorder:
         if not is_wanted(job["fun"], self.conf):
             self.store.stage_excluded_job(batch, jid, job)
             return True
+        blob = pack(job)
+        if len(blob) > self.conf.max_job_bytes:
+            log.warning(
+                "job_retry: job %s (%s) not recorded: %d bytes packed, over max_job_bytes (%d)",
+                jid,
+                job["fun"],
+                len(blob),
+                self.conf.max_job_bytes,
+            )
+            self.store.stage_unrecorded_job(batch, jid, {**job, "arg": [], "too_large": len(blob)})
+            return True
         targets = [m for m in minions if valid_minion(m)]
         if len(targets) != len(minions):
             log.warning("job_retry: job %s: ignoring %d invalid minion id(s)", jid, len(minions) - len(targets))
-        self.store.stage_job(batch, jid, job, targets)
+        self.store.stage_job(batch, jid, blob, job["time"], targets)
         return True
 
     def _stage_ret(self, batch: Batch, jid: str, minion: str, data: dict) -> bool:
@@ -137,42 +151,63 @@ class Recorder:
         self.store.stage_return(batch, replay_origin(data) or jid, minion)
         return True
 
+    def _stage_ack(self, batch: Batch, jid: str, minion: str, data: dict) -> bool:
+        if not valid_jid(jid) or not valid_minion(minion) or not is_wanted(data.get("fun"), self.conf):
+            return False
+        self.store.stage_delivery(batch, replay_origin(data) or jid, minion, int(event_time(data) * 1000))
+        return True
+
     def record(self, events: Iterable[Any]) -> int:
-        """Write the relevant events (and any backlog). Returns how many were written."""
+        """Write the relevant events (after anything spooled). Returns how many were written."""
         fresh = [(e.get("tag"), e.get("data")) for e in events or () if isinstance(e, dict)]
-        todo = list(self.backlog) + fresh
+        if self.spool.has_data() and not self.flush_spool():
+            self._spool(fresh, None)
+            return 0
+        return self._write(fresh, spool_on_failure=True)
+
+    def flush_spool(self) -> bool:
+        """Write spooled events to Redis; False if Redis is still unreachable."""
+        try:
+            self.spool.drain(lambda chunk: self._write(chunk, spool_on_failure=False))
+        except RedisUnavailable:
+            return False
+        return True
+
+    def _write(self, events: list[tuple], spool_on_failure: bool) -> int:
         batch = self.store.batch()
-        relevant = [(tag, data) for tag, data in todo if self._safe_stage(batch, tag, data)]
+        relevant = [(tag, data) for tag, data in events if self._safe_stage(batch, tag, data)]
         if not len(batch):
             return 0
         try:
             guard(self.conf, batch.execute)
         except RedisUnavailable as exc:
-            self._keep(relevant, exc)
+            if not spool_on_failure:
+                raise
+            self._spool(relevant, exc)
             return 0
-        except Exception:
-            log.exception("job_retry: could not record %d event(s); keeping them for the next try", len(relevant))
-            self._keep(relevant, None)
+        except Exception:  # a returner must never raise into Salt
+            log.exception("job_retry: could not record %d event(s); spooling them for the next try", len(relevant))
+            self._spool(relevant, None)
             return 0
-        if self.backlog:
-            log.warning("job_retry: Redis is back; wrote %d backlogged event(s)", len(self.backlog))
-            self.backlog.clear()
         return len(relevant)
 
     def _safe_stage(self, batch: Batch, tag: Any, data: Any) -> bool:
         try:
             return self.stage(batch, tag, data)
-        except Exception:
+        except Exception:  # one bad event must not sink the batch
             log.exception("job_retry: could not parse event %r; skipped", tag)
             return False
 
-    def _keep(self, events: list, exc: Exception | None) -> None:
-        self.backlog = collections.deque(events)
-        over = len(self.backlog) - self.conf.backlog_max
-        if over > 0:
-            for _ in range(over):
-                self.backlog.popleft()
-            self.dropped += over
-            log.error("job_retry: backlog full (%d); dropped the %d oldest event(s)", self.conf.backlog_max, over)
+    def _spool(self, events: list, exc: Exception | None) -> None:
+        relevant = [(t, d) for t, d in events if isinstance(t, str) and t.startswith("salt/job/")]
+        if not relevant:
+            return
+        try:
+            kept = self.spool.append(relevant)
+        except OSError as err:
+            log.error(
+                "job_retry: could not spool %d event(s) to %s: %s; they are lost", len(relevant), self.spool.path, err
+            )
+            return
         if exc is not None:
-            log.warning("job_retry: %s; holding %d event(s) until it is back", exc, len(self.backlog))
+            log.warning("job_retry: %s; spooled %d event(s) to %s", exc, kept, self.spool.path)

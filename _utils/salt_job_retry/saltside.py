@@ -9,11 +9,13 @@ reads Salt's dunders.
 from __future__ import annotations
 
 import logging
+import os
 import time
 from typing import Any
 
 from . import config as config_mod
 from .config import Config
+from .spool import Spool
 from .store import Store, connect
 
 log = logging.getLogger(__name__)
@@ -31,9 +33,19 @@ def load_config(opts: dict, context: dict | None = None, override: dict | None =
     return conf
 
 
+def spool_for(conf: Config, opts: dict) -> Spool:
+    directory = conf.spool_dir or os.path.join(opts.get("cachedir") or "/var/cache/salt/master", "job_retry")
+    return Spool(directory, conf.spool_max_bytes)
+
+
+def client_ident(conf: Config) -> tuple:
+    """What a cached Redis client depends on: a config change gets a new client."""
+    return (conf.redis_url, conf.username, conf.password, conf.ssl_ca_certs, conf.ssl_certfile, conf.socket_timeout)
+
+
 def store_for(conf: Config, context: dict | None) -> Store:
     """One Store (and connection pool) per process and connection parameters."""
-    ident = (conf.redis_url, conf.password, conf.socket_timeout)
+    ident = client_ident(conf)
     cache = context.setdefault(CONTEXT_KEY, {}) if context is not None else {}
     client = cache.get(ident)
     if client is None:
@@ -51,8 +63,10 @@ def make_publisher(opts: dict):
         if "client" not in state:
             state["client"] = salt.client.get_local_client(mopts=opts)
         meta = {"job_retry": {"attempt": attempt, **(extra_meta or {})}}
+        # start_event: Salt 3008 minions acknowledge the publish (salt/job/<jid>/start/<id>), so a
+        # replay's delivery is known; older minions ignore it.
         pub = state["client"].run_job(
-            [minion], job["fun"], arg=job.get("arg", []), tgt_type="list", jid=jid, metadata=meta
+            [minion], job["fun"], arg=job.get("arg", []), tgt_type="list", jid=jid, metadata=meta, start_event=True
         )
         if not pub or not pub.get("jid"):
             raise RuntimeError(f"the master did not accept the publish of {jid} to {minion}")

@@ -17,7 +17,10 @@ key                                    type    content
                                                ``q:<id>`` queued at (epoch s),
                                                ``a:<id>`` replays so far,
                                                ``l:<id>`` claim lease until (epoch ms),
-                                               ``x:<id>`` final: ``exhausted``/``flushed``
+                                               ``p:<id>`` last replay published (epoch ms),
+                                               ``d:<id>`` delivery ack seen (epoch ms),
+                                               ``x:<id>`` final: ``exhausted``/``flushed``/
+                                               ``interrupted``
 ``P:{<jid>}:alias``                    string  set on a fresh jid published by ``retry``:
                                                the original jid (the fresh jid is not
                                                tracked as a job of its own)
@@ -26,6 +29,9 @@ key                                    type    content
                                                last enqueue time
 ``P:minion:<quoted id>:queue``         zset    the minion's pending jids, scored by
                                                queued-at time (id percent-encoded)
+``P:starts``                           zset    minions whose start is not served yet,
+                                               scored by start time (epoch ms)
+``P:rate``                             hash    fleet-wide replay token bucket
 =====================================  ======  =============================================
 
 The per-job keys are the truth; ``unswept``, ``queues`` and the per-minion queues
@@ -78,7 +84,8 @@ _SWEEP_JOB = """
 -- Returns {minion, newly_queued, ...} for every minion still owed the job.
 local out = {}
 for _, m in ipairs(redis.call('SDIFF', KEYS[1], KEYS[2])) do
-  if redis.call('HEXISTS', KEYS[3], 'x:' .. m) == 0 then
+  -- exhausted/flushed/interrupted are settled; an acked minion is running, not missing
+  if redis.call('HEXISTS', KEYS[3], 'x:' .. m) == 0 and redis.call('HEXISTS', KEYS[3], 'd:' .. m) == 0 then
     out[#out + 1] = m
     out[#out + 1] = redis.call('HSETNX', KEYS[3], 'q:' .. m, ARGV[2])
   end
@@ -89,7 +96,9 @@ return out
 
 _CLAIM = """
 -- KEYS: job, targets, returned, retry
--- ARGV: minion, now_ms, lease_until_ms, max_attempts, ttl
+-- ARGV: minion, now_ms, lease_until_ms, max_attempts, ttl, started_ms, replay_interrupted
+-- started_ms is when the minion's current process started: a replay published or
+-- acknowledged after it reached that process, and is not sent again.
 local m = ARGV[1]
 if redis.call('SISMEMBER', KEYS[3], m) == 1 then return {'returned'} end
 if redis.call('SISMEMBER', KEYS[2], m) == 0 then return {'unknown'} end
@@ -97,17 +106,62 @@ local final = redis.call('HGET', KEYS[4], 'x:' .. m)
 if final then return {'final', final} end
 local job = redis.call('GET', KEYS[1])
 if not job then return {'expired'} end
-if tonumber(redis.call('HGET', KEYS[4], 'l:' .. m) or '0') > tonumber(ARGV[2]) then
-  return {'leased'}
+local started = tonumber(ARGV[6])
+local delivered = tonumber(redis.call('HGET', KEYS[4], 'd:' .. m) or '0')
+if delivered >= started then return {'running'} end
+local lease = tonumber(redis.call('HGET', KEYS[4], 'l:' .. m) or '0')
+if lease > tonumber(ARGV[2]) then return {'leased', lease} end
+if tonumber(redis.call('HGET', KEYS[4], 'p:' .. m) or '0') >= started then return {'sent'} end
+redis.call('EXPIRE', KEYS[4], ARGV[5])
+if delivered > 0 and ARGV[7] ~= '1' then
+  redis.call('HSET', KEYS[4], 'x:' .. m, 'interrupted')
+  return {'interrupted'}
 end
 local n = tonumber(redis.call('HGET', KEYS[4], 'a:' .. m) or '0')
-redis.call('EXPIRE', KEYS[4], ARGV[5])
 if n >= tonumber(ARGV[4]) then
   redis.call('HSET', KEYS[4], 'x:' .. m, 'exhausted')
   return {'exhausted', n}
 end
 redis.call('HSET', KEYS[4], 'a:' .. m, n + 1, 'l:' .. m, ARGV[3])
+redis.call('HDEL', KEYS[4], 'd:' .. m)
 return {'claimed', n + 1, job}
+"""
+
+_RECORD_DELIVERY = """
+-- KEYS: targets, returned, retry   ARGV: ttl, minion, now_ms
+if redis.call('SISMEMBER', KEYS[1], ARGV[2]) == 0 then return 0 end
+if redis.call('SISMEMBER', KEYS[2], ARGV[2]) == 1 then return 0 end
+redis.call('HSET', KEYS[3], 'd:' .. ARGV[2], ARGV[3])
+redis.call('EXPIRE', KEYS[3], ARGV[1])
+return 1
+"""
+
+_MARK_PUBLISHED = """
+-- KEYS: retry   ARGV: minion, now_ms, ttl
+redis.call('HSET', KEYS[1], 'p:' .. ARGV[1], ARGV[2])
+redis.call('HDEL', KEYS[1], 'l:' .. ARGV[1])
+redis.call('EXPIRE', KEYS[1], ARGV[3])
+return 1
+"""
+
+_FINISH_START = """
+-- KEYS: starts   ARGV: minion, started_ms.  Only if no newer start arrived meanwhile.
+local score = redis.call('ZSCORE', KEYS[1], ARGV[1])
+if score and tonumber(score) <= tonumber(ARGV[2]) then return redis.call('ZREM', KEYS[1], ARGV[1]) end
+return 0
+"""
+
+_TAKE_TOKENS = """
+-- KEYS: bucket   ARGV: per_second, burst, now_ms, wanted.  Returns how many were granted.
+local rate, burst, now = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local state = redis.call('HMGET', KEYS[1], 'tokens', 'at')
+local tokens = tonumber(state[1]) or burst
+local at = tonumber(state[2]) or now
+tokens = math.min(burst, tokens + math.max(0, now - at) * rate / 1000)
+local granted = math.min(tonumber(ARGV[4]), math.floor(tokens))
+redis.call('HSET', KEYS[1], 'tokens', tostring(tokens - granted), 'at', now)
+redis.call('PEXPIRE', KEYS[1], 3600000)
+return granted
 """
 
 _RELEASE = """
@@ -134,7 +188,7 @@ _RETRY_RESET = """
 -- An operator's retry: every minion that did not return gets a fresh budget.
 local missing = redis.call('SDIFF', KEYS[1], KEYS[2])
 for _, m in ipairs(missing) do
-  redis.call('HDEL', KEYS[3], 'a:' .. m, 'l:' .. m, 'x:' .. m)
+  redis.call('HDEL', KEYS[3], 'a:' .. m, 'l:' .. m, 'x:' .. m, 'd:' .. m, 'p:' .. m)
   redis.call('HSET', KEYS[3], 'q:' .. m, ARGV[2])
 end
 if #missing > 0 then redis.call('EXPIRE', KEYS[3], ARGV[1]) end
@@ -149,6 +203,10 @@ SCRIPTS = {
     "release": _RELEASE,
     "flush": _FLUSH,
     "retry_reset": _RETRY_RESET,
+    "record_delivery": _RECORD_DELIVERY,
+    "mark_published": _MARK_PUBLISHED,
+    "finish_start": _FINISH_START,
+    "take_tokens": _TAKE_TOKENS,
 }
 SHAS = {name: hashlib.sha1(body.encode()).hexdigest() for name, body in SCRIPTS.items()}
 
@@ -164,8 +222,13 @@ def connect(conf: Config) -> redis.Redis:
         "socket_connect_timeout": conf.socket_timeout,
         "decode_responses": False,
     }
-    if conf.password is not None:
-        kwargs["password"] = conf.password
+    for option in ("username", "password"):
+        if getattr(conf, option) is not None:
+            kwargs[option] = getattr(conf, option)
+    if conf.redis_url.startswith("rediss://"):
+        for option in ("ssl_ca_certs", "ssl_certfile", "ssl_keyfile"):
+            if getattr(conf, option) is not None:
+                kwargs[option] = getattr(conf, option)
     return redis.Redis.from_url(conf.redis_url, **kwargs)
 
 
@@ -185,9 +248,12 @@ def _text(value: bytes | str) -> str:
 @dataclass
 class Claim:
     jid: str
-    state: str  # claimed | exhausted | returned | unknown | expired | leased | flushed
+    # claimed | exhausted | interrupted | returned | unknown | expired | leased | sent | running
+    # | flushed (and any other final state)
+    state: str
     attempt: int = 0
     job: dict | None = None
+    until_ms: int = 0  # for leased: when the other claim lapses
 
 
 class Keys:
@@ -197,6 +263,8 @@ class Keys:
         self.prefix = prefix
         self.unswept = f"{prefix}:unswept"
         self.queues = f"{prefix}:queues"
+        self.starts = f"{prefix}:starts"
+        self.rate = f"{prefix}:rate"
 
     def job(self, jid: str) -> str:
         return f"{self.prefix}:{{{jid}}}:job"
@@ -299,16 +367,20 @@ class Store:
 
     # -- recording (returner) -------------------------------------------------------
 
-    def stage_job(self, batch: Batch, jid: str, job: dict, minions: Iterable[str]) -> None:
-        """Record a published job and merge its targets (a replay's `new` names one minion)."""
+    def stage_job(self, batch: Batch, jid: str, blob: bytes, published: float, minions: Iterable[str]) -> None:
+        """Record a published job (packed) and merge its targets (a replay's `new` names one minion)."""
         k, ttl = self.keys, self.conf.ttl
-        batch.script("record_new", [k.job(jid), k.targets(jid), k.alias(jid)], [ttl, pack(job), *minions])
-        batch.call("ZADD", k.unswept, "NX", job["time"], jid)
+        batch.script("record_new", [k.job(jid), k.targets(jid), k.alias(jid)], [ttl, blob, *minions])
+        batch.call("ZADD", k.unswept, "NX", published, jid)
         batch.call("EXPIRE", k.unswept, ttl)
 
     def stage_excluded_job(self, batch: Batch, jid: str, job: dict) -> None:
         """Remember only that the jid ran an excluded function, so `status` can say so."""
-        batch.call("SET", self.keys.job(jid), pack({**job, "excluded": True}), "NX", "EX", self.conf.ttl)
+        self.stage_unrecorded_job(batch, jid, {**job, "excluded": True})
+
+    def stage_unrecorded_job(self, batch: Batch, jid: str, job: dict) -> None:
+        """Remember a job that is not tracked (excluded, too large) and why, without targets."""
+        batch.call("SET", self.keys.job(jid), pack(job), "NX", "EX", self.conf.ttl)
 
     def stage_return(self, batch: Batch, jid: str, minion: str) -> None:
         k = self.keys
@@ -379,30 +451,72 @@ class Store:
         seen = set(queued)
         return queued + [j for j in map(_text, unswept) if j not in seen], seen
 
-    def claim(self, minion: str, jids: list[str]) -> list[Claim]:
-        """Atomically claim a replay of each jid for minion (see _CLAIM for the rules)."""
+    def claim(self, minion: str, jids: list[str], started_ms: int) -> list[Claim]:
+        """Atomically claim a replay of each jid for minion's process started at started_ms (see _CLAIM)."""
         k, conf = self.keys, self.conf
         now_ms = int(self.clock() * 1000)
         lease_ms = now_ms + int(conf.claim_lease * 1000)
+        args = [now_ms, lease_ms, conf.max_attempts, conf.ttl, started_ms, int(conf.replay_interrupted)]
 
         def fill(b: Batch) -> None:
             for jid in jids:
-                b.script(
-                    "claim",
-                    [k.job(jid), k.targets(jid), k.returned(jid), k.retry(jid)],
-                    [minion, now_ms, lease_ms, conf.max_attempts, conf.ttl],
-                )
+                b.script("claim", [k.job(jid), k.targets(jid), k.returned(jid), k.retry(jid)], [minion, *args])
 
         claims = []
-        for jid, result in zip(jids, self.run(fill), strict=False):
+        for jid, result in zip(jids, self.run(fill), strict=True):
             state = _text(result[0])
             if state == "final":
                 claims.append(Claim(jid, _text(result[1])))
             elif state == "claimed":
                 claims.append(Claim(jid, state, int(result[1]), unpack(result[2])))
+            elif state == "leased":
+                claims.append(Claim(jid, state, until_ms=int(result[1])))
             else:
                 claims.append(Claim(jid, state, int(result[1]) if len(result) > 1 else 0))
         return claims
+
+    def mark_published(self, minion: str, jids: list[str]) -> None:
+        """Record that replays of jids reached the master's publisher (ends their lease)."""
+        now_ms = int(self.clock() * 1000)
+        if jids:
+            self.run(
+                lambda b: [
+                    b.script("mark_published", [self.keys.retry(j)], [minion, now_ms, self.conf.ttl]) for j in jids
+                ]
+            )
+
+    def stage_delivery(self, batch: Batch, jid: str, minion: str, at_ms: int) -> None:
+        """A minion acknowledged the job (``salt/job/<jid>/start/<id>``, Salt 3008 start_event)."""
+        k = self.keys
+        batch.script("record_delivery", [k.targets(jid), k.returned(jid), k.retry(jid)], [self.conf.ttl, minion, at_ms])
+
+    # -- start queue and rate limit (engine) -------------------------------------------
+
+    def note_starts(self, starts: dict[str, int]) -> None:
+        """Durably remember minions that (re)started, so any engine can serve them."""
+        if starts:
+
+            def fill(b: Batch) -> None:
+                for minion, started_ms in starts.items():
+                    b.call("ZADD", self.keys.starts, "GT", started_ms, minion)
+                b.call("EXPIRE", self.keys.starts, self.conf.ttl)
+
+            self.run(fill)
+
+    def due_starts(self, limit: int) -> list[tuple[str, int]]:
+        """The oldest `limit` unserved starts as (minion, started_ms)."""
+        rows = guard(self.conf, self.client.zrange, self.keys.starts, 0, limit - 1, False, True)
+        return [(_text(m), int(score)) for m, score in rows]
+
+    def finish_start(self, minion: str, started_ms: int) -> None:
+        self.run(lambda b: b.script("finish_start", [self.keys.starts], [minion, started_ms]))
+
+    def take_tokens(self, wanted: int) -> int:
+        """Replays allowed now by the fleet-wide `max_replays_per_second` bucket."""
+        rate = self.conf.max_replays_per_second
+        now_ms = int(self.clock() * 1000)
+        (granted,) = self.run(lambda b: b.script("take_tokens", [self.keys.rate], [rate, max(1, rate), now_ms, wanted]))
+        return int(granted)
 
     def release(self, jid: str, minion: str) -> None:
         self.run(lambda b: b.script("release", [self.keys.retry(jid)], [minion]))
@@ -529,18 +643,22 @@ def minion_state(
 ) -> dict:
     """One minion's state in a job, as `status` shows it."""
     attempts = int(fields.get(f"a:{minion}", 0))
+    state: dict[str, Any] = {"attempts": attempts}
+    if fields.get(f"p:{minion}"):
+        state["last_replay_at"] = iso(int(fields[f"p:{minion}"]) / 1000)
     if minion in returned:
-        return {"state": "returned", "attempts": attempts}
+        return {"state": "returned", **state}
     final = fields.get(f"x:{minion}")
     if final:
-        return {"state": final, "attempts": attempts}
+        return {"state": final, **state}
+    if fields.get(f"d:{minion}"):
+        return {"state": "delivered", **state, "delivered_at": iso(int(fields[f"d:{minion}"]) / 1000)}
     queued_at = fields.get(f"q:{minion}")
     if queued_at is not None or attempts or now - job.get("time", 0) >= timeout:
-        state = {"state": "pending", "attempts": attempts}
         if queued_at is not None:
             state["queued_at"] = iso(float(queued_at))
-        return state
-    return {"state": "waiting", "attempts": 0}
+        return {"state": "pending", **state}
+    return {"state": "waiting", **state}
 
 
 def iso(epoch: float) -> str:
@@ -554,6 +672,8 @@ def guard(conf: Config, call: Callable, *args: Any) -> Any:
     except redis.exceptions.AuthenticationError as exc:
         raise RedisUnavailable(f"Redis at {conf.redis_display} refused the credentials: {exc}") from exc
     except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
+        if "SSL" in str(exc) or "certificate" in str(exc):
+            raise RedisUnavailable(f"TLS with Redis at {conf.redis_display} failed: {exc}") from exc
         raise RedisUnavailable(f"Redis unreachable at {conf.redis_display}: {exc}") from exc
     except redis.exceptions.ResponseError as exc:
         if "NOAUTH" in str(exc) or "WRONGPASS" in str(exc):

@@ -61,7 +61,7 @@ def test_flush_cancels_queued_and_unswept(env):
     assert out == {"minion": "beta", "flushed": 1, "jids": [JID]}
     env.h.clock.advance(60)
     run(env, "enqueue")
-    assert env.h.replayer.replay_to("beta")["replayed"] == []
+    assert env.h.serve("beta").replayed == []
     assert run(env, "status", jid=JID)["minions"]["beta"]["state"] == "flushed"
 
 
@@ -92,17 +92,17 @@ def test_retry_publishes_to_responders_and_queues_the_rest(env):
     env.h.record(ret_event("beta", jid=FRESH, metadata={"job_retry": {"orig_jid": JID}}))
     status = run(env, "status", jid=JID)["minions"]
     assert status["beta"]["state"] == "returned" and status["gamma"]["state"] == "pending"
-    assert env.h.replayer.replay_to("gamma")["replayed"] == [JID]
+    assert env.h.serve("gamma").replayed == [JID]
 
 
 def test_retry_gives_exhausted_minions_a_fresh_budget(env):
     env.h.record(new_event(minions=["beta"]))
     for _ in range(4):
-        env.h.replayer.replay_to("beta")
+        env.h.serve("beta")
         env.h.clock.advance(60)
     assert run(env, "status", jid=JID)["minions"]["beta"]["state"] == "exhausted"
     assert run(env, "retry", jid=JID)["queued"] == ["beta"]
-    assert env.h.replayer.replay_to("beta")["replayed"] == [JID]
+    assert env.h.serve("beta").replayed == [JID]
 
 
 def test_retry_errors_and_nothing_to_do(env):
@@ -155,7 +155,5 @@ def test_invoke_reuses_the_cached_client(server):
     opts = {"job_retry": {"enabled": True}, "sock_dir": "/nonexistent"}
     context = {}
     conf = saltside.load_config(opts)
-    context[saltside.CONTEXT_KEY] = {
-        (conf.redis_url, conf.password, conf.socket_timeout): fakeredis.FakeRedis(server=server)
-    }
+    context[saltside.CONTEXT_KEY] = {saltside.client_ident(conf): fakeredis.FakeRedis(server=server)}
     assert commands.invoke(opts, context, "enqueue") == {"queued": {}, "count": 0}

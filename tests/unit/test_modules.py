@@ -23,8 +23,7 @@ def load(kind, **dunders):
 def enabled_context(server, **options):
     opts = {"job_retry": {"enabled": True, **options}, "sock_dir": "/nonexistent"}
     conf = saltside.load_config(opts)
-    ident = (conf.redis_url, conf.password, conf.socket_timeout)
-    return opts, {saltside.CONTEXT_KEY: {ident: fakeredis.FakeRedis(server=server)}}
+    return opts, {saltside.CONTEXT_KEY: {saltside.client_ident(conf): fakeredis.FakeRedis(server=server)}}
 
 
 @pytest.mark.parametrize("kind", ["runners", "returners", "engines"])

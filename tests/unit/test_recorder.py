@@ -142,32 +142,48 @@ def test_odd_minion_ids_round_trip(h):
         assert [e["jid"] for e in h.store.pending([m])[m]] == [JID]
 
 
-def test_redis_down_keeps_events_and_writes_them_later(h, caplog):
+def test_redis_down_spools_events_and_writes_them_later(h, caplog):
     h.server.connected = False
     assert h.record(new_event()) == 0
-    assert h.record(ret_event("alpha")) == 0
-    assert len(h.recorder.backlog) == 2
-    assert "holding 2 event(s)" in caplog.text
+    assert h.record(ret_event("alpha"), {"tag": "salt/auth", "data": {}}) == 0
+    assert h.recorder.spool.has_data()
+    assert "spooled 1 event(s)" in caplog.text
     h.server.connected = True
-    assert h.record() == 2
+    assert h.record() == 0  # the spool is written first, in order: new before ret
     assert h.redis.smembers(h.store.keys.returned(JID)) == {b"alpha"}
-    assert not h.recorder.backlog
+    assert not h.recorder.spool.has_data()
 
 
-def test_backlog_is_bounded(make, caplog):
-    h = make(backlog_max=3)
+def test_spool_survives_a_new_process(h, make):
     h.server.connected = False
-    h.record(*[new_event(jid=f"2026112205081646{i:04d}") for i in range(5)])
-    assert len(h.recorder.backlog) == 3 and h.recorder.dropped == 2
-    assert "dropped the 2 oldest" in caplog.text
+    h.record(new_event(minions=["beta"]))
+    h.server.connected = True
+    restarted = make()  # a master restart: a fresh Recorder on the same spool dir
+    assert restarted.recorder.spool.has_data()
+    restarted.record(ret_event("alpha", jid=OTHER))
+    assert restarted.redis.smembers(restarted.store.keys.targets(JID)) == {b"beta"}
 
 
-def test_lost_script_cache_is_reloaded(h):
+def test_spool_is_bounded(make, caplog):
+    h = make(spool_max_bytes=600)
+    h.server.connected = False
+    h.record(*[new_event(jid=f"2026112205081646{i:04d}") for i in range(10)])
+    assert 0 < h.recorder.spool.dropped < 10
+    assert "is full" in caplog.text
+    h.server.connected = True
+    h.record()
+    assert h.redis.exists(h.store.keys.job("20261122050816460000"))
+
+
+def test_damaged_spool_tail_is_dropped_not_fatal(h, caplog):
+    h.server.connected = False
     h.record(new_event())
-    h.redis.script_flush()
-    assert h.redis.script_exists(SHAS["record_return"]) == [False]
-    h.record(ret_event("alpha"))
-    assert h.redis.smembers(h.store.keys.returned(JID)) == {b"alpha"}
+    with open(h.recorder.spool.path, "ab") as spool:
+        spool.write(b"\x92\xa3ab")  # a record cut short by a crash
+    h.server.connected = True
+    h.record()
+    assert h.store.job(JID) is not None
+    assert "damaged record" in caplog.text
 
 
 def test_non_connection_errors_do_not_escape(h, monkeypatch, caplog):
@@ -177,7 +193,32 @@ def test_non_connection_errors_do_not_escape(h, monkeypatch, caplog):
     monkeypatch.setattr("salt_job_retry.store.Batch.execute", boom)
     assert h.record(new_event()) == 0
     assert "could not record" in caplog.text
-    assert len(h.recorder.backlog) == 1
+    assert h.recorder.spool.has_data()
+
+
+def test_delivery_ack_is_recorded_for_targets_only(h):
+    h.record(new_event(minions=["beta"]))
+    ack = {"tag": f"salt/job/{JID}/start/beta", "data": {"id": "beta", "jid": JID, "fun": "cmd.run"}}
+    stranger = {"tag": f"salt/job/{JID}/start/gamma", "data": {"id": "gamma", "jid": JID, "fun": "cmd.run"}}
+    assert h.record(ack, stranger) == 2
+    fields = h.redis.hgetall(h.store.keys.retry(JID))
+    assert list(fields) == [b"d:beta"]
+
+
+def test_oversized_arguments_are_not_recorded(make, caplog):
+    h = make(max_job_bytes=2048)
+    h.record(new_event(arg=["x" * 5000]))
+    assert not h.redis.exists(h.store.keys.targets(JID))
+    assert h.store.job(JID)["too_large"] > 5000
+    assert "over max_job_bytes (2048)" in caplog.text
+
+
+def test_lost_script_cache_is_reloaded(h):
+    h.record(new_event())
+    h.redis.script_flush()
+    assert h.redis.script_exists(SHAS["record_return"]) == [False]
+    h.record(ret_event("alpha"))
+    assert h.redis.smembers(h.store.keys.returned(JID)) == {b"alpha"}
 
 
 def test_retry_alias_jid_is_not_tracked_and_its_return_closes_the_original(h):

@@ -4,11 +4,18 @@ from salt_job_retry.replay import EngineLoop
 OLDER = "20261122050816460001"
 
 
+def ack_event(minion, jid=JID, when=None, **extra):
+    import datetime
+
+    stamp = datetime.datetime.fromtimestamp(when or T0, datetime.timezone.utc).isoformat()
+    data = {"id": minion, "jid": jid, "fun": "cmd.run", "_stamp": stamp, **extra}
+    return {"tag": f"salt/job/{jid}/start/{minion}", "data": data}
+
+
 def test_minion_back_before_timeout_still_gets_its_job(h):
     h.record(new_event(minions=["alpha", "beta"]), ret_event("alpha"))
     h.clock.advance(1)  # well before timeout: no sweep has queued it
-    summary = h.replayer.replay_to("beta")
-    assert summary["replayed"] == [JID]
+    assert h.serve("beta").replayed == [JID]
     assert h.published == [("beta", JID, "cmd.run", 1)]
     assert h.tags("replayed") == [f"salt/job_retry/{JID}/replayed/beta"]
 
@@ -19,7 +26,7 @@ def test_swept_job_is_replayed_on_start_under_the_original_jid(h):
     assert [(j, m) for j, m, _ in h.replayer.sweep()] == [(JID, "beta")]
     assert h.tags("queued") == [f"salt/job_retry/{JID}/queued/beta"]
     assert h.store.pending(["beta"])["beta"][0]["jid"] == JID
-    h.replayer.replay_to("beta")
+    h.serve("beta")
     assert h.published == [("beta", JID, "cmd.run", 1)]
 
 
@@ -40,7 +47,8 @@ def test_returned_minion_is_never_replayed(h):
     h.clock.advance(60)
     h.replayer.sweep()
     for _ in range(3):
-        assert h.replayer.replay_to("alpha")["replayed"] == []
+        h.clock.advance(60)
+        assert h.serve("alpha").replayed == []
     assert h.published == []
 
 
@@ -48,28 +56,47 @@ def test_replay_return_clears_the_queue(h):
     h.record(new_event(minions=["beta"]))
     h.clock.advance(6)
     h.replayer.sweep()
-    h.replayer.replay_to("beta")
+    h.serve("beta")
     h.record(ret_event("beta", metadata={"job_retry": {"attempt": 1}}))
     assert h.store.pending(["beta"]) == {"beta": []}
     h.clock.advance(60)
-    assert h.replayer.replay_to("beta")["replayed"] == []
+    assert h.serve("beta").replayed == []
 
 
 def test_two_engines_one_start_one_replay(make):
-    first = make()
-    second = make()  # same fake server: a second master's engine
+    first, second = make(), make()  # one fake Redis: two masters' engines
     first.record(new_event(minions=["beta"]))
-    first.replayer.replay_to("beta")
-    second.replayer.replay_to("beta")
-    first.replayer.replay_to("beta")  # the legacy/duplicate start event
+    started = first.clock.now
+    first.serve("beta", started)
+    done = second.serve("beta", started)  # already published to this minion process
+    assert done.replayed == [] and done.retry_at is None
+    for h in (first, second):
+        h.clock.advance(h.conf.claim_lease + 1)
+    second.serve("beta", started)  # the duplicate start event, late
+    first.serve("beta", started)
     assert len(first.published) + len(second.published) == 1
 
 
-def test_lease_expiry_allows_the_next_attempt(h):
+def test_engine_dying_between_claim_and_publish_is_retried_after_the_lease(make):
+    crashed, survivor = make(), make()
+    crashed.record(new_event(minions=["beta"]))
+    started = crashed.clock.now
+    crashed.publish_error = KeyboardInterrupt("engine killed")  # not caught: the process dies
+    try:
+        crashed.serve("beta", started)
+    except KeyboardInterrupt:
+        pass
+    assert survivor.serve("beta", started).retry_at == T0 + survivor.conf.claim_lease + 0.05
+    survivor.clock.advance(survivor.conf.claim_lease + 1)
+    assert survivor.serve("beta", started).replayed == [JID]
+    assert survivor.published == [("beta", JID, "cmd.run", 2)]
+
+
+def test_a_new_start_after_the_replay_replays_again(h):
     h.record(new_event(minions=["beta"]))
-    h.replayer.replay_to("beta")
-    h.clock.advance(h.conf.claim_lease + 1)
-    h.replayer.replay_to("beta")
+    h.serve("beta")
+    h.clock.advance(h.conf.claim_lease + 1)  # the replay killed beta; it started again
+    h.serve("beta")
     assert [p[3] for p in h.published] == [1, 2]
 
 
@@ -78,20 +105,21 @@ def test_job_that_kills_its_minion_stops_after_max_attempts(h):
     h.clock.advance(6)
     h.replayer.sweep()
     for _ in range(6):  # the minion dies during every replay and restarts
-        h.replayer.replay_to("beta")
+        h.serve("beta")
         h.clock.advance(h.conf.claim_lease + 1)
     assert [p[3] for p in h.published] == [1, 2, 3]
     assert h.tags("exhausted") == [f"salt/job_retry/{JID}/exhausted/beta"]
     assert h.store.pending(["beta"]) == {"beta": []}
-    assert h.store.status(JID)["minions"]["beta"] == {"state": "exhausted", "attempts": 3}
+    assert h.store.status(JID)["minions"]["beta"]["state"] == "exhausted"
 
 
 def test_failed_publish_gives_the_attempt_back(h):
     h.record(new_event(minions=["beta"]))
     h.publish_error = RuntimeError("master said no")
-    assert h.replayer.replay_to("beta")["failed"] == [JID]
+    served = h.serve("beta")
+    assert served.failed == [JID] and served.retry_at == T0 + 5
     h.publish_error = None
-    h.replayer.replay_to("beta")
+    h.serve("beta", T0)
     assert h.published == [("beta", JID, "cmd.run", 1)]
 
 
@@ -99,7 +127,7 @@ def test_owed_jobs_replay_oldest_first(h):
     h.record(new_event(minions=["beta"], when=T0 + 2), new_event(jid=OLDER, minions=["beta"], when=T0))
     h.clock.advance(10)
     h.replayer.sweep()
-    h.replayer.replay_to("beta")
+    h.serve("beta")
     assert [p[1] for p in h.published] == [OLDER, JID]
 
 
@@ -108,8 +136,71 @@ def test_expired_job_is_dropped_from_the_queue(h):
     h.clock.advance(6)
     h.replayer.sweep()
     h.redis.delete(h.store.keys.job(JID))  # the ttl ran out
-    assert h.replayer.replay_to("beta")["replayed"] == []
+    assert h.serve("beta").replayed == []
     assert h.redis.zcard(h.store.keys.queue("beta")) == 0
+
+
+def test_acked_minion_is_running_not_missing(h):
+    h.record(new_event(minions=["alpha", "beta"]), ack_event("beta", when=T0 + 0.1), ret_event("alpha"))
+    h.clock.advance(60)
+    assert h.replayer.sweep() == []  # beta acknowledged: never queued
+    state = h.store.status(JID)["minions"]["beta"]
+    assert state["state"] == "delivered" and state["delivered_at"]
+    assert h.serve("beta", T0).replayed == []  # a start older than the ack: still running
+
+
+def test_restart_after_ack_is_interrupted_by_default(h):
+    h.record(new_event(minions=["beta"]), ack_event("beta", when=T0 + 0.1))
+    h.clock.advance(30)
+    served = h.serve("beta")
+    assert served.interrupted == [JID] and h.published == []
+    assert h.tags("interrupted") == [f"salt/job_retry/{JID}/interrupted/beta"]
+    assert h.store.status(JID)["minions"]["beta"]["state"] == "interrupted"
+
+
+def test_replay_interrupted_policy(make):
+    h = make(replay_interrupted=True)
+    h.record(new_event(minions=["beta"]), ack_event("beta", when=T0 + 0.1))
+    h.clock.advance(30)
+    assert h.serve("beta").replayed == [JID]
+
+
+def test_late_return_after_interrupted_wins(h):
+    h.record(new_event(minions=["beta"]), ack_event("beta", when=T0 + 0.1))
+    h.clock.advance(30)
+    h.serve("beta")  # a reconnect (master restart) looked like a restart
+    h.record(ret_event("beta"))
+    assert h.store.status(JID)["minions"]["beta"]["state"] == "returned"
+
+
+def test_replay_jid_new_links_the_fresh_jid(make):
+    h = make(replay_jid="new")
+    h.record(new_event(minions=["beta"]))
+    h.serve("beta")
+    (minion, fresh, _, attempt), meta = h.published[0], h.publish_meta[0]
+    assert fresh != JID and meta == {"orig_jid": JID} and attempt == 1
+    h.record(new_event(jid=fresh, minions=["beta"]))  # not tracked as a job of its own
+    assert h.store.job(fresh) is None
+    h.record(ack_event("beta", jid=fresh, when=h.clock.now, metadata={"job_retry": {"orig_jid": JID}}))
+    assert h.store.status(JID)["minions"]["beta"]["state"] == "delivered"
+    h.record(ret_event("beta", jid=fresh, metadata={"job_retry": {"orig_jid": JID}}))
+    assert h.store.status(JID)["minions"]["beta"]["state"] == "returned"
+
+
+def test_rate_limit_defers_and_still_replays_everything(make):
+    h = make(max_replays_per_second=5)
+    minions = [f"m{i:02d}" for i in range(12)]
+    h.record(new_event(minions=minions))
+    served = {m: h.serve(m, T0) for m in minions}
+    assert len(h.published) == 5  # the burst: one second's worth
+    deferred = [m for m, s in served.items() if s.deferred]
+    assert len(deferred) == 7 and all(served[m].retry_at > T0 for m in deferred)
+    for _ in range(3):
+        h.clock.advance(1)
+        for m in deferred:
+            h.serve(m, T0)
+    assert sorted(p[0] for p in h.published) == minions  # each exactly once
+    assert [p[3] for p in h.published] == [1] * 12  # deferring did not use up attempts
 
 
 class Feed:
@@ -120,10 +211,10 @@ class Feed:
         return self.events.pop(0) if self.events else None
 
 
-def loop_for(h, events, interval=100.0):
+def loop_for(h, events, interval=100.0, **kwargs):
     clock = [0.0]
     sleeps = []
-    loop = EngineLoop(h.replayer, Feed(events), interval, clock=lambda: clock[0], sleep=sleeps.append)
+    loop = EngineLoop(h.replayer, Feed(events), interval, clock=lambda: clock[0], sleep=sleeps.append, **kwargs)
     return loop, clock, sleeps
 
 
@@ -139,6 +230,28 @@ def test_loop_reacts_to_the_new_start_tag_only(h):
     assert h.published == []
     loop.step()
     assert h.published == [("beta", JID, "cmd.run", 1)]
+    assert h.redis.zcard(h.store.keys.starts) == 0  # served and forgotten
+
+
+def test_start_is_durable_and_served_by_another_engine(make):
+    dead, alive = make(), make()
+    dead.record(new_event(minions=["beta"]))
+    loop, _, _ = loop_for(dead, [start("beta")])
+    loop.unnoted["beta"] = int(T0 * 1000)
+    dead.store.note_starts(loop.unnoted)  # the engine wrote the start, then died
+    other, _, _ = loop_for(alive, [])
+    other.step()
+    assert alive.published == [("beta", JID, "cmd.run", 1)]
+
+
+def test_presence_trigger_is_opt_in(make):
+    presence = {"tag": "salt/presence/change", "data": {"new": ["beta"], "lost": []}}
+    off, on = make(), make(replay_on_presence=True, key_prefix="on")
+    for h in (off, on):
+        h.record(new_event(minions=["beta"]))
+        loop, _, _ = loop_for(h, [presence])
+        loop.step()
+    assert off.published == [] and on.published == [("beta", JID, "cmd.run", 1)]
 
 
 def test_loop_sweeps_every_interval(h):
@@ -168,12 +281,22 @@ def test_loop_survives_redis_outage_and_serves_the_start_later(h, caplog):
     h.server.connected = True
     loop.step()
     assert h.published == [("beta", JID, "cmd.run", 1)]
-    assert loop.backoff == 0 and not loop.owed_retry
+    assert loop.backoff == 0 and not loop.unnoted
+
+
+def test_loop_drains_the_spool_before_serving(h):
+    h.server.connected = False
+    h.record(new_event(minions=["beta"]))  # published during the outage: spooled
+    h.server.connected = True
+    loop, _, _ = loop_for(h, [start("beta")], recorder=h.recorder)
+    loop.step()
+    assert not h.recorder.spool.has_data()
+    assert h.published == [("beta", JID, "cmd.run", 1)]
 
 
 def test_loop_survives_unexpected_errors(h, caplog):
     loop, _, sleeps = loop_for(h, [start("beta")])
-    h.replayer.replay_to = None  # any bug in the handler
+    h.replayer.serve = None  # any bug in the handler
     loop.step()
     assert sleeps == [1.0]
     assert "unexpected error" in caplog.text
