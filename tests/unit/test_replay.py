@@ -1,3 +1,5 @@
+import contextlib
+
 from conftest import JID, T0, new_event, ret_event
 from salt_job_retry.replay import EngineLoop
 
@@ -82,10 +84,8 @@ def test_engine_dying_between_claim_and_publish_is_retried_after_the_lease(make)
     crashed.record(new_event(minions=["beta"]))
     started = crashed.clock.now
     crashed.publish_error = KeyboardInterrupt("engine killed")  # not caught: the process dies
-    try:
+    with contextlib.suppress(KeyboardInterrupt):
         crashed.serve("beta", started)
-    except KeyboardInterrupt:
-        pass
     assert survivor.serve("beta", started).retry_at == T0 + survivor.conf.claim_lease + 0.05
     survivor.clock.advance(survivor.conf.claim_lease + 1)
     assert survivor.serve("beta", started).replayed == [JID]
@@ -177,7 +177,7 @@ def test_replay_jid_new_links_the_fresh_jid(make):
     h = make(replay_jid="new")
     h.record(new_event(minions=["beta"]))
     h.serve("beta")
-    (minion, fresh, _, attempt), meta = h.published[0], h.publish_meta[0]
+    (_minion, fresh, _, attempt), meta = h.published[0], h.publish_meta[0]
     assert fresh != JID and meta == {"orig_jid": JID} and attempt == 1
     h.record(new_event(jid=fresh, minions=["beta"]))  # not tracked as a job of its own
     assert h.store.job(fresh) is None
