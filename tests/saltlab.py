@@ -154,6 +154,7 @@ class Lab:
         bin_dir: str = os.path.dirname(sys.executable),
         env: dict | None = None,
         wait_for_engine: bool = True,
+        redis_aof: bool = False,
     ) -> None:
         if install not in ("dirs", "sync", "pip"):
             raise ValueError(f"install must be dirs, sync or pip, not {install!r}")
@@ -164,6 +165,7 @@ class Lab:
         self.bin_dir = bin_dir
         self.env = {**os.environ, **(env or {})}
         self.wait_for_engine = wait_for_engine
+        self.redis_aof = redis_aof  # appendonly yes, fsync always: survives a restart
         self.user = getpass.getuser()
         self.root = ""
         self.redis_port = self.publish_port = self.ret_port = 0
@@ -349,7 +351,8 @@ class Lab:
         self._ensure_prepared()
         d = self.path("redis")
         argv = ["/usr/bin/redis-server", "--bind", "127.0.0.1", "--port", str(self.redis_port), "--save", ""]
-        argv += ["--appendonly", "no", "--daemonize", "no", "--dir", str(d), "--logfile", str(d / "redis.log")]
+        aof = ["--appendonly", "yes", "--appendfsync", "always"] if self.redis_aof else ["--appendonly", "no"]
+        argv += [*aof, "--daemonize", "no", "--dir", str(d), "--logfile", str(d / "redis.log")]
         self._spawn("redis", "redis", argv)
         client = self.redis(socket_timeout=1, socket_connect_timeout=1)
 
@@ -449,6 +452,10 @@ class Lab:
     def kill_minion(self, name: str) -> None:
         """SIGKILL the minion's process group: an instant outage (P10)."""
         self._kill(f"minion:{name}", signal.SIGKILL)
+
+    def freeze_minion(self, name: str, frozen: bool = True) -> None:
+        """SIGSTOP (or SIGCONT) the minion's process group: alive, connected, silent."""
+        os.killpg(self._procs[f"minion:{name}"].pid, signal.SIGSTOP if frozen else signal.SIGCONT)
 
     def minion_running(self, name: str) -> bool:
         proc = self._procs.get(f"minion:{name}")

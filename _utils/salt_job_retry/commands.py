@@ -50,7 +50,9 @@ class Env:
         self.store = store
         self.fire = saltside.make_fire(opts)
         self.publish = saltside.make_publisher(opts)
-        self.responding: Callable[[list[str], float], set[str]] = lambda ms, t: saltside.responding(opts, ms, t)
+        self.probe: Callable[[list[str], str, float], tuple[set[str], set[str]]] = lambda minions, jid, timeout: (
+            saltside.probe(opts, minions, jid, timeout)
+        )
         self.known_minions: Callable[[], set[str]] = lambda: saltside.accepted_minions(opts)
         self.new_jid: Callable[[], str] = lambda: saltside.new_jid(opts)
 
@@ -94,16 +96,22 @@ def retry(env: Env, jid: str) -> dict:
             "queued": [],
             "comment": "every targeted minion returned; nothing to retry",
         }
-    up = sorted(env.responding(missing, env.conf.retry_ping_timeout))
-    result: dict[str, Any] = {"jid": jid, "retry_jid": None, "published": [], "queued": sorted(set(missing) - set(up))}
-    if up:
+    idle, running = env.probe(missing, jid, env.conf.retry_ping_timeout)
+    result: dict[str, Any] = {
+        "jid": jid,
+        "retry_jid": None,
+        "published": [],
+        "running": sorted(running),  # still running the job: left alone, it will return
+        "queued": sorted(set(missing) - idle - running),
+    }
+    if idle:
         # A fresh jid: a minion process that saw the original jid would drop a same-jid publish.
         fresh = env.new_jid()
         env.store.register_alias(fresh, jid)
-        for minion in up:
+        for minion in sorted(idle):
             try:
                 env.publish(minion, fresh, job, 0, {"orig_jid": jid})
-            except Exception as exc:
+            except Exception as exc:  # report, keep it queued
                 log.error("job_retry: retry of %s to %s failed: %s", jid, minion, exc)
                 result["queued"].append(minion)
                 continue

@@ -94,33 +94,37 @@ def new_jid(opts: dict) -> str:
     return salt.utils.jid.gen_jid(opts)
 
 
-def responding(opts: dict, minions: list[str], timeout: float) -> set[str]:
+def probe(opts: dict, minions: list[str], jid: str, timeout: float) -> tuple[set[str], set[str]]:
     """
-    The minions among `minions` that answer test.ping within `timeout` seconds.
+    Ask `minions` whether they are running `jid` (saltutil.find_job); returns (idle, running).
 
-    The master's connected-ids list is IP based (two minions behind one address
-    look alike), so asking is the reliable way to know who would get a publish.
+    A minion that answers is connected; one that answers with the job's data is
+    still running it (slow, or frozen and resumed) and must not get it again.
+    Minions that do not answer within `timeout` are in neither set. (The master's
+    connected-ids list is IP based, so two minions behind one address look alike.)
     """
     import salt.client
 
     if not minions:
-        return set()
+        return set(), set()
     client = salt.client.get_local_client(mopts=opts)
+    idle: set[str] = set()
+    running: set[str] = set()
     try:
-        pub = client.run_job(minions, "test.ping", tgt_type="list", listen=True)
-        jid = pub.get("jid") if pub else None
-        if not jid:
-            return set()
-        answered: set[str] = set()
+        pub = client.run_job(minions, "saltutil.find_job", arg=[jid], tgt_type="list", listen=True)
+        probe_jid = pub.get("jid") if pub else None
+        if not probe_jid:
+            return idle, running
         deadline = time.monotonic() + timeout
-        for raw in client.get_returns_no_block(f"salt/job/{jid}"):
-            if raw and isinstance(raw.get("data"), dict) and raw["data"].get("id") in minions:
-                answered.add(raw["data"]["id"])
-            if answered.issuperset(minions) or time.monotonic() > deadline:
-                return answered
+        for raw in client.get_returns_no_block(f"salt/job/{probe_jid}"):
+            data = raw.get("data") if raw else None
+            if isinstance(data, dict) and data.get("id") in minions:
+                (running if data.get("return") else idle).add(data["id"])
+            if len(idle) + len(running) >= len(minions) or time.monotonic() > deadline:
+                break
     finally:
         client.destroy()
-    return set()
+    return idle, running
 
 
 def accepted_minions(opts: dict) -> set[str]:

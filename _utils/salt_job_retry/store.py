@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -514,8 +515,9 @@ class Store:
     def take_tokens(self, wanted: int) -> int:
         """Replays allowed now by the fleet-wide `max_replays_per_second` bucket."""
         rate = self.conf.max_replays_per_second
+        burst = max(1, math.ceil(rate / 10))  # 100 ms worth: any one-second window stays near `rate`
         now_ms = int(self.clock() * 1000)
-        (granted,) = self.run(lambda b: b.script("take_tokens", [self.keys.rate], [rate, max(1, rate), now_ms, wanted]))
+        (granted,) = self.run(lambda b: b.script("take_tokens", [self.keys.rate], [rate, burst, now_ms, wanted]))
         return int(granted)
 
     def release(self, jid: str, minion: str) -> None:

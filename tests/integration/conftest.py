@@ -30,3 +30,34 @@ def fleet(lab):
         if not lab.minion_running(name):
             lab.start_minion(name)
     return lab
+
+
+MATRIX: list[str] = []
+
+
+@pytest.fixture
+def fault_matrix():
+    """Record one row of the fault matrix: fault, published, ran, ran twice, lost."""
+
+    def row(fault, published, ran, twice, lost, note=""):
+        MATRIX.append(f"{fault:<48} published={published:<4} ran={ran:<4} ran_twice={twice:<3} lost={lost:<3} {note}")
+
+    return row
+
+
+def pytest_terminal_summary(terminalreporter):
+    if MATRIX:
+        terminalreporter.section("fault matrix (counts by effect on the minions / publisher)")
+        for line in MATRIX:
+            terminalreporter.write_line(line)
+
+
+@pytest.fixture(scope="module")
+def redis_only():
+    """A real redis-server on loopback, no Salt: for faults in our own engine code."""
+    lab = Lab(minions=())
+    lab.start_redis()
+    try:
+        yield lab
+    finally:
+        lab.stop()

@@ -118,22 +118,19 @@ def test_retry_reaches_a_connected_minion_that_saw_the_jid(fleet):
     assert fleet.trace_count("alpha", "connected") == 1
 
 
-def test_job_that_kills_its_minion_stops_after_max_attempts(fleet):
+def test_acked_job_cut_short_by_a_restart_is_interrupted_not_rerun(fleet):
+    # --start-event: beta acknowledges, then runs a long job; it restarts before returning
+    command = fleet.trace_cmd("acked") + "; sleep 60"
+    jid = fleet.salt_async("beta", "cmd.run", command, "template=jinja", "--start-event")
+    assert fleet.wait_trace("beta", "acked") == 1
+    assert wait_for(lambda: status(fleet, jid)["minions"]["beta"]["state"] == "delivered", timeout=15)
+    fleet.run("job_retry.enqueue")
+    assert jid not in pending_jids(fleet, "beta")  # acknowledged: running, not missing
     fleet.kill_minion("beta")
-    pidfile = f"{fleet.root}/{{{{ grains.id }}}}/minion.pid"
-    command = fleet.trace_cmd("killer") + f"; kill -9 $(cat {pidfile})"
-    jid = fleet.salt_async("beta", "cmd.run", command, "template=jinja")
-    for attempt in (1, 2, 3):
-        fleet.start_minion("beta")
-        assert fleet.wait_trace("beta", "killer", count=attempt, timeout=20) == attempt
-        assert wait_for(lambda: not fleet.minion_running("beta"), timeout=15)
-        fleet.kill_minion("beta")  # reap the rest of its process group
-        time.sleep(2.5)  # past the lab's 2 s claim lease: the next start is a new attempt
-    fleet.start_minion("beta")  # max_attempts is 3: this start finds it exhausted
+    fleet.start_minion("beta")
+    assert wait_for(lambda: status(fleet, jid)["minions"]["beta"]["state"] == "interrupted", timeout=15)
     time.sleep(SETTLE)
-    assert fleet.trace_count("beta", "killer") == 3
-    assert status(fleet, jid)["minions"]["beta"] == {"state": "exhausted", "attempts": 3}
-    assert pending_jids(fleet, "beta") == []
+    assert fleet.trace_count("beta", "acked") == 1  # replay_interrupted is off by default
 
 
 @pytest.mark.parametrize("bad", ["20990101000000000000", "not-a-jid!"])

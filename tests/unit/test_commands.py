@@ -15,7 +15,8 @@ def env(h):
     e.publish = h.publish
     e.fire = h.fire
     e.up = set()
-    e.responding = lambda minions, timeout: {m for m in minions if m in e.up}
+    e.busy = set()
+    e.probe = lambda minions, jid, timeout: ({m for m in minions if m in e.up}, {m for m in minions if m in e.busy})
     e.known_minions = lambda: {"alpha", "beta", "gamma"}
     e.new_jid = lambda: FRESH
     e.h = h
@@ -84,7 +85,7 @@ def test_retry_publishes_to_responders_and_queues_the_rest(env):
     published_job(env)
     env.up = {"beta"}
     out = run(env, "retry", jid=JID)
-    assert out == {"jid": JID, "retry_jid": FRESH, "published": ["beta"], "queued": ["gamma"]}
+    assert out == {"jid": JID, "retry_jid": FRESH, "published": ["beta"], "running": [], "queued": ["gamma"]}
     assert env.h.published == [("beta", FRESH, "cmd.run", 0)]
     assert env.h.redis.get(env.store.keys.alias(FRESH)) == JID.encode()
     # the fresh jid's `new` is not a job of its own; its return closes the original
@@ -93,6 +94,23 @@ def test_retry_publishes_to_responders_and_queues_the_rest(env):
     status = run(env, "status", jid=JID)["minions"]
     assert status["beta"]["state"] == "returned" and status["gamma"]["state"] == "pending"
     assert env.h.serve("gamma").replayed == [JID]
+
+
+def test_retry_leaves_a_minion_that_still_runs_the_job_alone(env):
+    published_job(env)
+    env.up, env.busy = {"gamma"}, {"beta"}
+    out = run(env, "retry", jid=JID)
+    assert out["running"] == ["beta"] and out["published"] == ["gamma"] and out["queued"] == []
+    assert [p[0] for p in env.h.published] == ["gamma"]
+
+
+def test_status_explains_an_unrecorded_oversized_job(env, make):
+    big = make(max_job_bytes=1024)
+    env.h, env.store, env.conf = big, big.store, big.conf
+    big.record(new_event(arg=["y" * 4096]))
+    out = run(env, "status", jid=JID)
+    assert out["recorded"] is False and "over max_job_bytes (1024)" in out["comment"]
+    assert "cannot retry" in run(env, "retry", jid=JID)["error"]
 
 
 def test_retry_gives_exhausted_minions_a_fresh_budget(env):
