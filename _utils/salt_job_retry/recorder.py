@@ -152,9 +152,11 @@ class Recorder:
         return True
 
     def _stage_ack(self, batch: Batch, jid: str, minion: str, data: dict) -> bool:
-        if not valid_jid(jid) or not valid_minion(minion) or not is_wanted(data.get("fun"), self.conf):
+        # The minion fires it as a _minion_event: the job's fields are nested under "data".
+        inner = data.get("data") if isinstance(data.get("data"), dict) else data
+        if not valid_jid(jid) or not valid_minion(minion) or not is_wanted(inner.get("fun"), self.conf):
             return False
-        self.store.stage_delivery(batch, replay_origin(data) or jid, minion, int(event_time(data) * 1000))
+        self.store.stage_delivery(batch, replay_origin(inner) or jid, minion, int(event_time(data) * 1000))
         return True
 
     def record(self, events: Iterable[Any]) -> int:

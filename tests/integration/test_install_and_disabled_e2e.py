@@ -60,3 +60,23 @@ def test_disabled_records_and_replays_nothing():
         assert list(lab.redis().scan_iter("jr:*")) == []
         code, out = lab.run("job_retry.pending")
         assert code == 1 and "disabled" in out["error"]
+
+
+def test_replay_under_a_fresh_jid_closes_the_original():
+    with Lab(job_retry={"replay_jid": "new"}) as lab:
+        lab.kill_minion("beta")
+        jid = lab.publish_trace("*", "freshjid")
+        lab.start_minion("beta")
+        assert lab.wait_trace("beta", "freshjid") == 1
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            code, out = lab.run("job_retry.status", jid)
+            if out.get("summary") == {"returned": 2}:
+                break
+            time.sleep(0.5)
+        assert out["summary"] == {"returned": 2}, out
+        time.sleep(3)
+        assert lab.trace_count("beta", "freshjid") == 1
+        # the fresh jid is not a job of its own
+        tracked = [k for k in lab.redis().scan_iter("jr:{*}:targets")]
+        assert tracked == [f"jr:{{{jid}}}:targets"], tracked

@@ -198,8 +198,8 @@ def test_non_connection_errors_do_not_escape(h, monkeypatch, caplog):
 
 def test_delivery_ack_is_recorded_for_targets_only(h):
     h.record(new_event(minions=["beta"]))
-    ack = {"tag": f"salt/job/{JID}/start/beta", "data": {"id": "beta", "jid": JID, "fun": "cmd.run"}}
-    stranger = {"tag": f"salt/job/{JID}/start/gamma", "data": {"id": "gamma", "jid": JID, "fun": "cmd.run"}}
+    ack = {"tag": f"salt/job/{JID}/start/beta", "data": {"id": "beta", "data": {"jid": JID, "fun": "cmd.run"}}}
+    stranger = {"tag": f"salt/job/{JID}/start/gamma", "data": {"id": "gamma", "data": {"jid": JID, "fun": "cmd.run"}}}
     assert h.record(ack, stranger) == 2
     fields = h.redis.hgetall(h.store.keys.retry(JID))
     assert list(fields) == [b"d:beta"]

@@ -7,11 +7,13 @@ OLDER = "20261122050816460001"
 
 
 def ack_event(minion, jid=JID, when=None, **extra):
+    """salt/job/<jid>/start/<id> as a 3008 minion fires it (a _minion_event wrapping the job fields)."""
     import datetime
 
     stamp = datetime.datetime.fromtimestamp(when or T0, datetime.timezone.utc).isoformat()
-    data = {"id": minion, "jid": jid, "fun": "cmd.run", "_stamp": stamp, **extra}
-    return {"tag": f"salt/job/{jid}/start/{minion}", "data": data}
+    inner = {"id": minion, "jid": jid, "fun": "cmd.run", "tgt": "beta", "tgt_type": "glob", "user": "root", **extra}
+    tag = f"salt/job/{jid}/start/{minion}"
+    return {"tag": tag, "data": {"id": minion, "cmd": "_minion_event", "data": inner, "tag": tag, "_stamp": stamp}}
 
 
 def test_minion_back_before_timeout_still_gets_its_job(h):
