@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .config import Config
+from .recorder import event_time
 from .store import Claim, RedisUnavailable, Store
 
 log = logging.getLogger(__name__)
@@ -179,7 +180,11 @@ class EngineLoop:
     def handle(self, tag: Any, data: Any) -> None:
         if not isinstance(tag, str):
             return
+        # The master's stamp on the event, not when this engine got to it: every engine
+        # (and a slow one) must agree on when the minion process started.
         now_ms = int(self.store.clock() * 1000)
+        if isinstance(data, dict) and isinstance(data.get("_stamp"), str):
+            now_ms = int(event_time(data) * 1000)
         match = START_TAG.match(tag)
         if match:
             self.unnoted[match.group(1)] = now_ms

@@ -82,13 +82,18 @@ return 1
 
 _SWEEP_JOB = """
 -- KEYS: targets, returned, retry   ARGV: ttl, now
--- Returns {minion, newly_queued, ...} for every minion still owed the job.
+-- Returns {minion, flag, ...} for every minion still owed the job: flag 1 newly
+-- queued, 0 queued before, 2 acknowledged (running: indexed so that a restart
+-- finds it, but not queued as missing).
 local out = {}
 for _, m in ipairs(redis.call('SDIFF', KEYS[1], KEYS[2])) do
-  -- exhausted/flushed/interrupted are settled; an acked minion is running, not missing
-  if redis.call('HEXISTS', KEYS[3], 'x:' .. m) == 0 and redis.call('HEXISTS', KEYS[3], 'd:' .. m) == 0 then
+  if redis.call('HEXISTS', KEYS[3], 'x:' .. m) == 0 then
     out[#out + 1] = m
-    out[#out + 1] = redis.call('HSETNX', KEYS[3], 'q:' .. m, ARGV[2])
+    if redis.call('HEXISTS', KEYS[3], 'd:' .. m) == 1 then
+      out[#out + 1] = 2
+    else
+      out[#out + 1] = redis.call('HSETNX', KEYS[3], 'q:' .. m, ARGV[2])
+    end
   end
 end
 if #out > 0 then redis.call('EXPIRE', KEYS[3], ARGV[1]) end
@@ -428,7 +433,7 @@ class Store:
         for i, jid in enumerate(jids):
             pairs, blob = results[2 * i], results[2 * i + 1]
             job = unpack(blob) if blob else {}
-            owed.extend((jid, _text(pairs[j]), bool(pairs[j + 1]), job) for j in range(0, len(pairs), 2))
+            owed.extend((jid, _text(pairs[j]), pairs[j + 1] == 1, job) for j in range(0, len(pairs), 2))
 
         def enqueue(b: Batch) -> None:
             for jid, minion, _, _ in owed:
@@ -547,15 +552,19 @@ class Store:
             for m, jid, _ in entries:
                 b.call("GET", k.job(jid))
                 b.call("SISMEMBER", k.returned(jid), m)
-                b.call("HMGET", k.retry(jid), f"a:{m}", f"x:{m}")
+                b.call("HMGET", k.retry(jid), f"a:{m}", f"x:{m}", f"d:{m}")
 
         results = self.run(fill) if entries else []
         out: dict[str, list[dict]] = {m: [] for m in minions}
         stale: dict[str, list[str]] = {}
+        live: set[str] = set()  # minions with an entry worth keeping in the index
         for i, (m, jid, queued_at) in enumerate(entries):
-            blob, returned, (attempts, final) = results[3 * i : 3 * i + 3]
+            blob, returned, (attempts, final, delivered) = results[3 * i : 3 * i + 3]
             if not blob or returned or final:
                 stale.setdefault(m, []).append(jid)
+                continue
+            live.add(m)
+            if delivered:  # acknowledged: running, not pending (kept in the index for a restart)
                 continue
             job = unpack(blob)
             out[m].append(
@@ -567,7 +576,7 @@ class Store:
                     "queued_at": iso(float(queued_at)),
                 }
             )
-        self._drop_stale(stale, [m for m in minions if not out[m]])
+        self._drop_stale(stale, [m for m in minions if m not in live])
         return out
 
     def _drop_stale(self, stale: dict[str, list[str]], empty: list[str]) -> None:

@@ -5,6 +5,7 @@ row (published, ran, ran twice, lost), printed at the end of the run.
 """
 
 import contextlib
+import datetime
 import itertools
 import time
 from collections import Counter
@@ -40,8 +41,9 @@ class InProcessEngine:
             raise KeyboardInterrupt("engine process killed")
         self.published.append((minion, jid, time.monotonic()))
 
-    def start_event(self, minion):
-        self.feed.append({"tag": f"salt/minion/{minion}/start", "data": {"id": minion}})
+    def start_event(self, minion, stamp=None):
+        stamp = stamp or datetime.datetime.now(datetime.timezone.utc).isoformat()
+        self.feed.append({"tag": f"salt/minion/{minion}/start", "data": {"id": minion, "_stamp": stamp}})
 
 
 def new_event(jid, minions):
@@ -57,8 +59,11 @@ def test_two_engines_one_redis_replay_once(redis_only, tmp_path, fault_matrix):
     p = prefix()
     first, second = InProcessEngine(redis_only, tmp_path, p), InProcessEngine(redis_only, tmp_path, p)
     first.recorder.record([new_event("20261122070000000001", ["beta"])])
-    for engine in (first, second):  # both masters see beta's start
-        engine.start_event("beta")
+    stamp = datetime.datetime.now(datetime.timezone.utc).isoformat()
+    first.start_event("beta", stamp)
+    for _ in range(3):
+        first.loop.step()  # the first master serves it at once ...
+    second.start_event("beta", stamp)  # ... the second gets the same start event late
     for _ in range(6):
         first.loop.step()
         second.loop.step()

@@ -151,6 +151,17 @@ def test_acked_minion_is_running_not_missing(h):
     assert h.serve("beta", T0).replayed == []  # a start older than the ack: still running
 
 
+def test_acked_job_swept_before_the_restart_is_still_found(make):
+    for policy, expected in ((False, "interrupted"), (True, "replayed")):
+        h = make(replay_interrupted=policy, key_prefix=f"p{int(policy)}")
+        h.record(new_event(minions=["beta"]), ack_event("beta", when=T0 + 0.1))
+        h.clock.advance(60)
+        assert h.replayer.sweep() == []  # not queued: it is running
+        assert h.store.pending(["beta"]) == {"beta": []}
+        served = h.serve("beta")  # ... then beta restarts, after the sweep
+        assert getattr(served, expected) == [JID], (policy, served)
+
+
 def test_restart_after_ack_is_interrupted_by_default(h):
     h.record(new_event(minions=["beta"]), ack_event("beta", when=T0 + 0.1))
     h.clock.advance(30)
