@@ -342,6 +342,15 @@ class Batch:
         return results
 
     def _send(self, ops) -> list[Any]:
+        if len(ops) == 1:  # no pipeline object for a single command: cheaper on the hot path
+            kind, op = ops[0]
+            try:
+                if kind == "cmd":
+                    return [self._client.execute_command(*op)]
+                name, keys, args = op
+                return [self._client.execute_command("EVALSHA", SHAS[name], len(keys), *keys, *args)]
+            except redis.exceptions.ResponseError as exc:
+                return [exc]
         pipe = self._client.pipeline(transaction=False)
         for kind, op in ops:
             self._queue(pipe, kind, op)
@@ -389,9 +398,10 @@ class Store:
         batch.call("SET", self.keys.job(jid), pack(job), "NX", "EX", self.conf.ttl)
 
     def stage_return(self, batch: Batch, jid: str, minion: str) -> None:
+        # One command on the hot path: the minion's queue entry, if any, is dropped lazily
+        # (pending() and claims skip and remove entries whose minion returned).
         k = self.keys
         batch.script("record_return", [k.targets(jid), k.returned(jid)], [self.conf.ttl, minion])
-        batch.call("ZREM", k.queue(minion), jid)
 
     def register_alias(self, new_jid: str, orig_jid: str) -> None:
         """Mark a fresh jid (from `retry`) as a copy of orig_jid, before it is published."""

@@ -1,0 +1,377 @@
+"""
+salt-job-retry benchmarks: figures and ratios against baselines measured in the same run.
+
+Starts its own redis-server on 127.0.0.1 (a free port), runs every figure
+--runs times and prints median (min-max) and the ratio to its baseline:
+
+  ingest    ret events through the real returner's event_return, one per call and 100 per
+            call, vs (a) the ceiling: a bare redis-py pipeline doing the schema's key
+            operations, (b) the peer: saltext-redis's returner() (its own venv, --peer-python)
+  fanout    a `new` event targeting N minions vs a bare pipeline writing the same entries
+  replay    start event -> replays handed to Salt, for a minion owed 1/100/1000 jobs, vs a
+            bare pipeline reading what the replay must read
+  sweep     M minions x J jobs recorded, 1 % missing: time with D and 2D jobs past timeout
+            and with the total doubled, to show it follows D and not the key count
+  memory    Redis used_memory per tracked (jid, minion) pair
+
+Usage: benchmarks/run.sh [--quick]   (sets up the peer venv, then runs this)
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import importlib.util
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "_utils"))
+sys.path.insert(0, str(REPO))
+
+from salt_job_retry import config, store  # noqa: E402
+from salt_job_retry.recorder import Recorder  # noqa: E402
+from salt_job_retry.replay import Replayer  # noqa: E402
+from salt_job_retry.spool import Spool  # noqa: E402
+
+from tests.saltlab import Lab  # noqa: E402
+
+JID = "20261122080000000000"
+STAMP = datetime.datetime.now(datetime.timezone.utc).isoformat()
+
+
+def minion_ids(n: int) -> list[str]:
+    return [f"minion-{i:05d}" for i in range(n)]
+
+
+def new_event(jid: str, minions: list[str], stamp: str = STAMP) -> dict:
+    data = {"jid": jid, "fun": "state.apply", "arg": [], "tgt": "*", "tgt_type": "glob", "user": "root"}
+    return {"tag": f"salt/job/{jid}/new", "data": {**data, "minions": minions, "_stamp": stamp}}
+
+
+def ret_event(jid: str, minion: str) -> dict:
+    data = {"cmd": "_return", "id": minion, "jid": jid, "fun": "state.apply", "return": "hi", "retcode": 0}
+    return {"tag": f"salt/job/{jid}/ret/{minion}", "data": {**data, "success": True}}
+
+
+class Bench:
+    def __init__(self, port: int, runs: int, spool_dir: str):
+        self.port = port
+        self.runs = runs
+        self.spool_dir = spool_dir
+        raw = {"enabled": True, "redis_url": f"redis://127.0.0.1:{port}/0", "max_replays_per_second": 1e9}
+        self.conf = config.load(raw)
+        self.client = store.connect(self.conf)
+        self.store = store.Store(self.client, self.conf)
+        self.keys = self.store.keys
+        self.returner = self._load_returner()
+        self.rows: list[str] = []
+
+    def _load_returner(self):
+        """The real returner module, with the dunders Salt's loader would give it."""
+        spec = importlib.util.spec_from_file_location("jr_returner", REPO / "_returners" / "job_retry.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        raw = {"enabled": True, "redis_url": self.conf.redis_url, "spool_dir": self.spool_dir}
+        module.__opts__ = {"job_retry": raw, "cachedir": self.spool_dir}
+        module.__salt__ = {}
+        module.__context__ = {}
+        return module
+
+    def flush(self) -> None:
+        self.client.flushall()
+
+    # -- measuring -------------------------------------------------------------------------
+
+    def measure(self, setup, action) -> list[float]:
+        """Seconds of `action` over self.runs runs, each after `setup` (untimed)."""
+        times = []
+        for _ in range(self.runs):
+            self.flush()
+            state = setup()
+            began = time.perf_counter()
+            action(state)
+            times.append(time.perf_counter() - began)
+        return times
+
+    def report(
+        self,
+        figure: str,
+        ours: list[float],
+        base: list[float] | None,
+        base_name: str,
+        unit: str,
+        scale: float,
+        target: str = "",
+        higher_is_better: bool = False,
+    ) -> float:
+        """Print one figure; values are `scale / seconds` (rates) or `seconds * scale` (times)."""
+        conv = (lambda t: scale / t) if higher_is_better else (lambda t: t * scale)
+        vals = sorted(conv(t) for t in ours)
+        line = f"{figure:<34} {fmt(vals)} {unit}"
+        ratio = 0.0
+        if base:
+            bvals = sorted(conv(t) for t in base)
+            ratio = statistics.median(vals) / statistics.median(bvals)
+            line += f"   {base_name}: {fmt(bvals)} {unit}   ratio {ratio:.2f}x"
+        if target:
+            line += f"   (target {target})"
+        print(line, flush=True)
+        self.rows.append(line)
+        return ratio
+
+    # -- 1. ingest -----------------------------------------------------------------------
+
+    def ingest(self, returns: int, peer_python: str | None) -> None:
+        minions = minion_ids(returns)
+        events = [ret_event(JID, m) for m in minions]
+
+        def setup():
+            self.returner.event_return([new_event(JID, minions)])
+
+        def ours_single(_):
+            for event in events:
+                self.returner.event_return([event])
+
+        def ours_batch(_):
+            for i in range(0, len(events), 100):
+                self.returner.event_return(events[i : i + 100])
+
+        returned, ttl = self.keys.returned(JID), self.conf.ttl
+
+        def ceiling(batch):
+            def run(_):
+                for i in range(0, len(minions), batch):
+                    pipe = self.client.pipeline(transaction=False)
+                    for m in minions[i : i + batch]:
+                        pipe.sadd(returned, m)
+                        pipe.expire(returned, ttl)
+                    pipe.execute()
+
+            return run
+
+        single = self.measure(setup, ours_single)
+        batched = self.measure(setup, ours_batch)
+        ceil1 = self.measure(setup, ceiling(1))
+        ceil100 = self.measure(setup, ceiling(100))
+        peer = self.peer(peer_python, returns) if peer_python else None
+        n = float(returns)
+        self.report("ingest, 1 event per call", single, ceil1, "bare pipeline", "returns/s", n, "", True)
+        self.report("ingest, 100 events per call", batched, ceil100, "bare pipeline", "returns/s", n, ">= 0.8x", True)
+        if peer:
+            self.report(
+                "ingest, 1 event per call", single, peer, "saltext-redis returner()", "returns/s", n, ">= 2x", True
+            )
+            self.report(
+                "ingest, 100 events per call", batched, peer, "saltext-redis returner()", "returns/s", n, ">= 10x", True
+            )
+
+    def peer(self, python: str, returns: int) -> list[float]:
+        times = []
+        for _ in range(self.runs):
+            self.flush()
+            out = subprocess.run(
+                [
+                    python,
+                    str(REPO / "benchmarks" / "peer_returner.py"),
+                    "--port",
+                    str(self.port),
+                    "--returns",
+                    str(returns),
+                ],
+                capture_output=True,
+                text=True,
+                check=True,
+            )
+            times.append(json.loads(out.stdout.strip().splitlines()[-1])["seconds"])
+        return times
+
+    # -- 2. fan-out ----------------------------------------------------------------------
+
+    def fanout(self, sizes: list[int], events_per_run: int) -> None:
+        for n in sizes:
+            minions = minion_ids(n)
+            reps = max(3, events_per_run // n)
+            events = [new_event(f"2026112208{i:010d}", minions) for i in range(reps)]
+
+            def ours(_, events=events):
+                for event in events:
+                    self.returner.event_return([event])
+
+            blob = store.pack(
+                {"fun": "state.apply", "arg": [], "tgt": "*", "tgt_type": "glob", "user": "root", "time": time.time()}
+            )
+
+            def bare(_, events=events, blob=blob, minions=minions):
+                for event in events:
+                    jid = event["data"]["jid"]
+                    pipe = self.client.pipeline(transaction=False)
+                    pipe.set(self.keys.job(jid), blob, nx=True, ex=self.conf.ttl)
+                    pipe.sadd(self.keys.targets(jid), *minions)
+                    pipe.expire(self.keys.targets(jid), self.conf.ttl)
+                    pipe.zadd(self.keys.unswept, {jid: time.time()}, nx=True)
+                    pipe.expire(self.keys.unswept, self.conf.ttl)
+                    pipe.execute()
+
+            self.measure(lambda: None, ours)  # warm the script cache
+            a = self.measure(lambda: None, ours)
+            b = self.measure(lambda: None, bare)
+            self.report(f"fan-out, new event to {n} minions", a, b, "bare pipeline", "ms/event", 1000 / reps, "<= 1.2x")
+
+    # -- 3. replay latency ---------------------------------------------------------------
+
+    def replay(self, owed_counts: list[int]) -> None:
+        handed = []
+        replayer = Replayer(self.store, self.conf, lambda m, j, job, a, e=None: handed.append(j), lambda d, t: None)
+        recorder = Recorder(self.store, self.conf, Spool(self.spool_dir, 1 << 20))
+        old = (datetime.datetime.now(datetime.timezone.utc) - datetime.timedelta(hours=1)).isoformat()
+        for owed in owed_counts:
+            jids = [f"2026112207{i:010d}" for i in range(owed)]
+
+            def setup(jids=jids):
+                recorder.record([new_event(j, ["web3", "web4"], old) for j in jids])
+                self.store.sweep()
+                return int(time.time() * 1000)
+
+            def ours(started_ms, owed=owed):
+                handed.clear()
+                replayer.serve("web3", started_ms)
+                assert len(handed) == owed, (len(handed), owed)
+
+            def bare(_):
+                pipe = self.client.pipeline(transaction=False)
+                pipe.zrange(self.keys.queue("web3"), 0, -1)
+                pipe.zrange(self.keys.unswept, 0, -1)
+                queued = pipe.execute()[0]
+                pipe = self.client.pipeline(transaction=False)
+                for jid in queued:
+                    pipe.get(self.keys.job(jid.decode()))
+                    pipe.sismember(self.keys.returned(jid.decode()), "web3")
+                pipe.execute()
+
+            a = self.measure(setup, ours)
+            b = self.measure(setup, bare)
+            self.report(
+                f"replay latency, {owed} owed job(s)", a, b, "bare reads", "ms", 1000, "<= 50 ms" if owed == 100 else ""
+            )
+
+    # -- 4. sweep ------------------------------------------------------------------------
+
+    def sweep(self, minions: int, jobs: int, due: int) -> None:
+        ids = minion_ids(minions)
+        missing = ids[: max(1, minions // 100)]
+        now = time.time()
+
+        def setup_for(total: int, due_jobs: int):
+            def setup():
+                pipe = self.client.pipeline(transaction=False)
+                for i in range(total):
+                    jid = f"2026112206{i:010d}"
+                    published = now - 3600 if i < due_jobs else now  # the rest are younger than timeout
+                    pipe.set(self.keys.job(jid), store.pack({"fun": "state.apply", "arg": [], "time": published}))
+                    pipe.sadd(self.keys.targets(jid), *ids)
+                    pipe.sadd(self.keys.returned(jid), *ids[len(missing) :])
+                    pipe.zadd(self.keys.unswept, {jid: published})
+                    if i % 20 == 19:
+                        pipe.execute()
+                pipe.execute()
+
+            return setup
+
+        def run(_):
+            self.store.sweep()
+
+        base = self.measure(setup_for(jobs, due), run)
+        doubled_due = self.measure(setup_for(jobs, 2 * due), run)
+        doubled_total = self.measure(setup_for(2 * jobs, due), run)
+        label = f"{minions} minions x {jobs} jobs, 1 % missing"
+        self.report(f"sweep, {due} due ({label})", base, None, "", "ms", 1000)
+        self.report(f"sweep, {2 * due} due", doubled_due, base, f"{due} due", "ms", 1000, "~2x: follows due jobs")
+        self.report(
+            f"sweep, {due} due, {2 * jobs} jobs stored",
+            doubled_total,
+            base,
+            f"{jobs} stored",
+            "ms",
+            1000,
+            "~1x: not the key count",
+        )
+
+    # -- 5. memory -----------------------------------------------------------------------
+
+    def memory(self, minions: int, jobs: int) -> None:
+        ids = minion_ids(minions)
+        for label, returned in (("after publish", False), ("after every return", True)):
+            self.flush()
+            before = self.client.info("memory")["used_memory"]
+            for i in range(jobs):
+                jid = f"2026112205{i:010d}"
+                self.returner.event_return([new_event(jid, ids)])
+                if returned:
+                    for j in range(0, minions, 1000):
+                        self.returner.event_return([ret_event(jid, m) for m in ids[j : j + 1000]])
+            used = self.client.info("memory")["used_memory"] - before
+            per_pair = used / (minions * jobs)
+            line = f"memory {label:<19} {per_pair:8.1f} bytes/(jid, minion)   ({jobs} jobs x {minions} minions)"
+            line += "   (target <= 120)"
+            print(line, flush=True)
+            self.rows.append(line)
+
+
+def fmt(values: list[float]) -> str:
+    med = statistics.median(values)
+    return f"{num(med)} ({num(min(values))}-{num(max(values))})"
+
+
+def num(v: float) -> str:
+    return f"{v:,.0f}" if v >= 100 else f"{v:.2f}"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="small sizes and 2 runs (CI)")
+    parser.add_argument("--runs", type=int, default=None)
+    parser.add_argument("--peer-python", default=None, help="python of a venv with saltext.redis")
+    parser.add_argument("--only", default="ingest,fanout,replay,sweep,memory")
+    args = parser.parse_args()
+    quick = args.quick
+    runs = args.runs or (2 if quick else 5)
+    only = set(args.only.split(","))
+
+    print(
+        f"machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
+        f"{subprocess.run(['redis-server', '--version'], capture_output=True, text=True).stdout.split()[2]}"
+    )
+    lab = Lab(minions=())
+    lab.start_redis()
+    try:
+        with tempfile.TemporaryDirectory() as spool:
+            bench = Bench(lab.redis_port, runs, spool)
+            print(f"redis-server on 127.0.0.1:{lab.redis_port}; {runs} runs per figure; median (min-max)\n")
+            if "ingest" in only:
+                bench.ingest(2000 if quick else 20000, args.peer_python)
+            if "fanout" in only:
+                bench.fanout([100, 1000] if quick else [100, 1000, 10000], 20000 if quick else 100000)
+            if "replay" in only:
+                bench.replay([1, 100] if quick else [1, 100, 1000])
+            if "sweep" in only:
+                if quick:
+                    bench.sweep(1000, 100, 10)
+                else:
+                    bench.sweep(10000, 1000, 50)
+            if "memory" in only:
+                bench.memory(1000 if quick else 10000, 5 if quick else 20)
+    finally:
+        lab.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
