@@ -12,6 +12,18 @@ job_retry:
   # Where the state lives. A password may be given in the URL. (redis://, rediss:// or unix:// URL)
   redis_url: redis://127.0.0.1:6379/0
 
+  # Redis Sentinel addresses; when set, the master of `sentinel_service` is used (`redis_url` gives db and TLS). (list of host:port strings)
+  sentinels: []
+
+  # The Sentinel service (master group) name. (string)
+  sentinel_service: mymaster
+
+  # Password of the Sentinels themselves, if any. (string)
+  # sentinel_password:
+
+  # Redis Cluster startup nodes; when set, Cluster mode is used (`redis_url` gives TLS only). (list of host:port strings)
+  cluster_nodes: []
+
   # Redis ACL user; overrides one in `redis_url`. (string)
   # username:
 

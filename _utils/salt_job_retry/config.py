@@ -65,6 +65,11 @@ def _optional_str(value: Any) -> bool:
     return value is None or isinstance(value, str)
 
 
+def _host_port(value: str) -> bool:
+    host, _, port = value.rpartition(":")
+    return bool(host) and port.isdigit()
+
+
 def _globs(value: Any) -> bool:
     return isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value)
 
@@ -96,6 +101,28 @@ OPTIONS: tuple[Option, ...] = (
         "redis://, rediss:// or unix:// URL",
         lambda v: isinstance(v, str) and urlsplit(v).scheme in REDIS_SCHEMES,
         "Where the state lives. A password may be given in the URL.",
+    ),
+    Option(
+        "sentinels",
+        [],
+        "list of host:port strings",
+        lambda v: _globs(v) and all(_host_port(n) for n in v),
+        "Redis Sentinel addresses; when set, the master of `sentinel_service` is used (`redis_url` gives db and TLS).",
+    ),
+    Option(
+        "sentinel_service",
+        "mymaster",
+        "string",
+        lambda v: isinstance(v, str) and bool(v),
+        "The Sentinel service (master group) name.",
+    ),
+    Option("sentinel_password", None, "string", _optional_str, "Password of the Sentinels themselves, if any."),
+    Option(
+        "cluster_nodes",
+        [],
+        "list of host:port strings",
+        lambda v: _globs(v) and all(_host_port(n) for n in v),
+        "Redis Cluster startup nodes; when set, Cluster mode is used (`redis_url` gives TLS only).",
     ),
     Option("username", None, "string", _optional_str, "Redis ACL user; overrides one in `redis_url`."),
     Option("password", None, "string", _optional_str, "Redis password; overrides one in `redis_url`."),
@@ -218,6 +245,10 @@ _BY_NAME = {o.name: o for o in OPTIONS}
 class Config:
     enabled: bool = False
     redis_url: str = "redis://127.0.0.1:6379/0"
+    sentinels: tuple[str, ...] = ()
+    sentinel_service: str = "mymaster"
+    sentinel_password: str | None = None
+    cluster_nodes: tuple[str, ...] = ()
     username: str | None = None
     password: str | None = None
     ssl_ca_certs: str | None = None
@@ -244,7 +275,11 @@ class Config:
 
     @property
     def redis_display(self) -> str:
-        """The Redis URL with any password masked, safe for logs and output."""
+        """Where Redis is, with any password masked, safe for logs and output."""
+        if self.cluster_nodes:
+            return f"cluster {','.join(self.cluster_nodes)}"
+        if self.sentinels:
+            return f"sentinel service {self.sentinel_service} via {','.join(self.sentinels)}"
         return redact_url(self.redis_url)
 
 
@@ -274,11 +309,12 @@ def load(raw: Any) -> Config:
         option = _BY_NAME.get(name)
         if option is None:
             continue
-        if name.endswith("_functions") and isinstance(value, str):
+        listy = isinstance(option.default, list)
+        if listy and isinstance(value, str):
             value = [value]
         if not option.check(value):
             raise ConfigError(f"job_retry:{name}: expected {option.kind}, got {value!r}")
-        values[name] = tuple(value) if name.endswith("_functions") else value
+        values[name] = tuple(value) if listy else value
     unknown = sorted(str(k) for k in raw if k not in OPTION_NAMES)
     warnings = tuple(f"job_retry:{k} is not a known option and is ignored" for k in unknown)
     return Config(**values, warnings=warnings)

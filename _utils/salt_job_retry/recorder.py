@@ -190,6 +190,9 @@ class Recorder:
             self.spool.drain(lambda chunk: self._write(chunk, spool_on_failure=False))
         except RedisUnavailable:
             return False
+        except Exception:  # the events stay spooled; never raise into Salt
+            log.exception("job_retry: could not write the spool to Redis; keeping it")
+            return False
         self._spooled = False
         return True
 
@@ -206,6 +209,8 @@ class Recorder:
             self._spool(relevant, exc)
             return 0
         except Exception:  # a returner must never raise into Salt
+            if not spool_on_failure:  # draining: the spool (whose lock we hold) keeps them
+                raise
             log.exception("job_retry: could not record %d event(s); spooling them for the next try", len(relevant))
             self._spool(relevant, None)
             return 0

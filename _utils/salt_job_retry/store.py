@@ -48,10 +48,11 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 import msgpack
 import redis
+from redis.cluster import RedisCluster
 
 from .config import Config
 
@@ -222,7 +223,7 @@ class RedisUnavailable(Exception):
 
 
 def connect(conf: Config) -> redis.Redis:
-    """A client for ``conf``; no I/O happens until the first command."""
+    """A client for ``conf`` (plain, Sentinel or Cluster); no I/O happens until the first command."""
     kwargs: dict[str, Any] = {
         "socket_timeout": conf.socket_timeout,
         "socket_connect_timeout": conf.socket_timeout,
@@ -232,9 +233,24 @@ def connect(conf: Config) -> redis.Redis:
         if getattr(conf, option) is not None:
             kwargs[option] = getattr(conf, option)
     if conf.redis_url.startswith("rediss://"):
+        if conf.sentinels or conf.cluster_nodes:
+            kwargs["ssl"] = True
         for option in ("ssl_ca_certs", "ssl_certfile", "ssl_keyfile"):
             if getattr(conf, option) is not None:
                 kwargs[option] = getattr(conf, option)
+    if conf.cluster_nodes:
+        from redis.cluster import ClusterNode
+
+        nodes = [ClusterNode(host, int(port)) for host, _, port in (n.rpartition(":") for n in conf.cluster_nodes)]
+        return RedisCluster(startup_nodes=nodes, **kwargs)
+    if conf.sentinels:
+        from redis.sentinel import Sentinel
+
+        addresses = [(host, int(port)) for host, _, port in (n.rpartition(":") for n in conf.sentinels)]
+        sentinel_kwargs = {"socket_timeout": conf.socket_timeout, "password": conf.sentinel_password}
+        db = int(urlsplit(conf.redis_url).path.strip("/") or 0)
+        sentinel = Sentinel(addresses, sentinel_kwargs=sentinel_kwargs, **kwargs)
+        return sentinel.master_for(conf.sentinel_service, db=db, **kwargs)
     return redis.Redis.from_url(conf.redis_url, **kwargs)
 
 
@@ -330,16 +346,23 @@ class Batch:
         missing = [i for i, r in enumerate(results) if isinstance(r, redis.exceptions.NoScriptError)]
         if missing:
             log.info("job_retry: Redis has no cached scripts (restarted?); loading them")
-            pipe = self._client.pipeline(transaction=False)
-            for body in SCRIPTS.values():
-                pipe.script_load(body)
-            pipe.execute()
+            self._load_scripts()
             for i, result in zip(missing, self._send([self._ops[i] for i in missing]), strict=False):
                 results[i] = result
         for result in results:
             if isinstance(result, Exception):
                 raise result
         return results
+
+    def _load_scripts(self) -> None:
+        if isinstance(self._client, RedisCluster):  # SCRIPT LOAD goes to every primary
+            for body in SCRIPTS.values():
+                self._client.script_load(body)
+            return
+        pipe = self._client.pipeline(transaction=False)
+        for body in SCRIPTS.values():
+            pipe.script_load(body)
+        pipe.execute()
 
     def _send(self, ops) -> list[Any]:
         if len(ops) == 1:  # no pipeline object for a single command: cheaper on the hot path

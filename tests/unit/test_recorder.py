@@ -228,3 +228,17 @@ def test_retry_alias_jid_is_not_tracked_and_its_return_closes_the_original(h):
     assert not h.redis.exists(h.store.keys.targets(OTHER))
     h.record(ret_event("beta", jid=OTHER, metadata={"job_retry": {"orig_jid": JID, "attempt": 0}}))
     assert h.redis.smembers(h.store.keys.returned(JID)) == {b"beta"}
+
+
+def test_error_while_draining_keeps_the_spool_and_does_not_deadlock(h, monkeypatch, caplog):
+    h.server.connected = False
+    h.record(new_event())
+    h.server.connected = True
+
+    def boom(self):
+        raise redis.exceptions.ResponseError("CROSSSLOT Keys in request don't hash to the same slot")
+
+    monkeypatch.setattr("salt_job_retry.store.Batch.execute", boom)
+    assert h.record(ret_event("alpha")) == 0  # returns (no deadlock), raises nothing
+    assert h.recorder.spool.has_data()
+    assert "could not write the spool" in caplog.text
