@@ -77,7 +77,10 @@ def _recorder():
         conf = None
     cached = None
     if conf:
-        cached = recorder.Recorder(saltside.store_for(conf, __context__), conf, saltside.spool_for(conf, __opts__))
+        # On the master (event_return) the returner can announce replays' deliveries and returns.
+        fire = saltside.make_fire(__opts__) if __opts__.get("__role") == "master" else None
+        store = saltside.store_for(conf, __context__)
+        cached = recorder.Recorder(store, conf, saltside.spool_for(conf, __opts__), fire)
     __context__["job_retry.recorder"] = cached
     return cached
 

@@ -40,12 +40,14 @@ def _invoke(name, **kwargs):
     return commands.invoke(__opts__, __context__, name, **kwargs)
 
 
-def pending(minion_id=None):
+def pending(minion_id=None, fun=None):
     """
     Jobs queued for replay, per minion: ``{minion_id: [{jid, fun, arg, attempts, queued_at}]}``.
 
     minion_id
-        Only this minion (error if it has no accepted key and nothing pending).
+        A minion id (error if it has no accepted key and nothing pending) or a glob.
+    fun
+        Only jobs whose function matches this glob (e.g. ``state.*``).
 
     A job is queued once it is ``timeout`` seconds old and the minion has not
     returned (by the engine's sweep, or ``job_retry.enqueue``).
@@ -55,21 +57,25 @@ def pending(minion_id=None):
     .. code-block:: bash
 
         salt-run job_retry.pending
-        salt-run job_retry.pending web3 --out=json
+        salt-run job_retry.pending 'web*' fun='state.*' --out=json
     """
-    return _invoke("pending", minion_id=minion_id)
+    return _invoke("pending", minion_id=minion_id, fun=fun)
 
 
-def flush(minion_id, jid=None):
+def flush(minion_id, jid=None, dry_run=False):
     """
-    Cancel what a minion is owed: nothing of it will be replayed.
+    Cancel what minions are owed: nothing of it will be replayed.
 
     minion_id
-        The minion.
+        A minion id, or a glob over the minions that have something queued.
     jid
         Cancel only this job (default: all the minion is owed, queued or not yet swept).
+    dry_run
+        ``True``: only list what would be cancelled.
 
-    Returns ``{minion, flushed: <count>, jids: [...]}``.
+    Returns ``{minion, flushed: <count>, jids: [...]}`` for one minion,
+    ``{minions: {id: [jid, ...]}, flushed: <count>}`` for a glob. Fires
+    ``salt/job_retry/progress/flush`` every 100 minions.
 
     CLI Example:
 
@@ -77,8 +83,9 @@ def flush(minion_id, jid=None):
 
         salt-run job_retry.flush web3
         salt-run job_retry.flush web3 jid=20261122050816467566
+        salt-run job_retry.flush 'web*' dry_run=True
     """
-    return _invoke("flush", minion_id=minion_id, jid=jid)
+    return _invoke("flush", minion_id=minion_id, jid=jid, dry_run=dry_run)
 
 
 def retry(jid):
@@ -106,7 +113,8 @@ def enqueue():
     The sweep: queue the missing minions of every job older than ``timeout``.
 
     The engine runs this every ``interval`` seconds; run it by hand when the
-    engine is off. Returns ``{queued: {jid: [minion, ...]}, count}``.
+    engine is off. Returns ``{queued: {jid: [minion, ...]}, count}``. Fires
+    ``salt/job_retry/progress/enqueue`` after each batch of 500 jobs.
 
     CLI Example:
 
@@ -133,3 +141,22 @@ def status(jid):
         salt-run job_retry.status 20261122050816467566 --out=json
     """
     return _invoke("status", jid=jid)
+
+
+def stats(format="data"):  # pylint: disable=redefined-builtin
+    """
+    Counts: tracked jobs, pending pairs (by minion), oldest pending age, replays,
+    queued, exhausted and interrupted pairs.
+
+    format
+        ``data`` (default) or ``prometheus`` for the text exposition format, e.g.
+        for node_exporter's textfile collector.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-run job_retry.stats --out=json
+        salt-run job_retry.stats format=prometheus --out=txt
+    """
+    return _invoke("stats", format=format)

@@ -8,6 +8,7 @@ unreachable, unknown jid or minion) comes back as
 
 from __future__ import annotations
 
+import fnmatch
 import logging
 from collections import Counter
 from collections.abc import Callable
@@ -15,8 +16,9 @@ from typing import Any
 
 from . import saltside
 from .config import Config, ConfigError
+from .events import fire_action
 from .recorder import valid_jid, valid_minion
-from .replay import Replayer, fire_action
+from .replay import Replayer
 from .store import RedisUnavailable, Store, iso
 
 log = logging.getLogger(__name__)
@@ -57,30 +59,108 @@ class Env:
         self.new_jid: Callable[[], str] = lambda: saltside.new_jid(opts)
 
 
-def pending(env: Env, minion_id: str | None = None) -> dict:
-    if minion_id is None:
-        queued = env.store.queued_minions()
-        return {m: jobs for m, jobs in env.store.pending(queued).items() if jobs}
-    if not valid_minion(minion_id):
+def is_glob(pattern: str) -> bool:
+    return any(c in pattern for c in "*?[")
+
+
+def pending(env: Env, minion_id: str | None = None, fun: str | None = None) -> dict:
+    """Queued jobs per minion; minion_id may be an id or a glob, fun a function glob."""
+    if minion_id is not None and not is_glob(str(minion_id)) and not valid_minion(str(minion_id)):
         return error(f"invalid minion id {minion_id!r}")
-    listing = env.store.pending([minion_id])
-    if not listing[minion_id] and minion_id not in env.known_minions():
-        return error(f"unknown minion {minion_id!r}: no accepted key and nothing pending")
+    if minion_id is None or is_glob(str(minion_id)):
+        queued = [m for m in env.store.queued_minions() if minion_id is None or fnmatch.fnmatchcase(m, minion_id)]
+        listing = {m: jobs for m, jobs in env.store.pending(queued).items() if jobs}
+    else:
+        listing = env.store.pending([minion_id])
+        if not listing[minion_id] and minion_id not in env.known_minions():
+            return error(f"unknown minion {minion_id!r}: no accepted key and nothing pending")
+    if fun is not None:
+        listing = {m: [e for e in jobs if fnmatch.fnmatchcase(str(e["fun"]), fun)] for m, jobs in listing.items()}
+        if minion_id is None or is_glob(str(minion_id)):
+            listing = {m: jobs for m, jobs in listing.items() if jobs}
     return listing
 
 
-def flush(env: Env, minion_id: str, jid: str | None = None) -> dict:
-    if not valid_minion(minion_id):
+def flush(env: Env, minion_id: str, jid: str | None = None, dry_run: bool = False) -> dict:
+    """Cancel what minions are owed; minion_id may be a glob. dry_run only reports."""
+    minion_id = str(minion_id)
+    if not is_glob(minion_id) and not valid_minion(minion_id):
         return error(f"invalid minion id {minion_id!r}")
     if jid is not None and not valid_jid(str(jid)):
         return error(f"invalid jid {jid!r}")
     jids = [str(jid)] if jid is not None else None
     if jids and env.store.job(jids[0]) is None:
         return error(f"unknown jid {jid}: nothing recorded (never seen, or expired after ttl)")
-    flushed = env.store.flush(minion_id, jids)
-    if not flushed and jids is None and minion_id not in env.known_minions():
+    if is_glob(minion_id):
+        minions = [m for m in env.store.queued_minions() if fnmatch.fnmatchcase(m, minion_id)]
+    elif minion_id in env.known_minions() or env.store.pending([minion_id])[minion_id]:
+        minions = [minion_id]
+    else:
         return error(f"unknown minion {minion_id!r}: no accepted key and nothing pending")
-    return {"minion": minion_id, "flushed": len(flushed), "jids": flushed}
+    if dry_run:
+        would = {
+            m: [e["jid"] for e in jobs if jids is None or e["jid"] in jids]
+            for m, jobs in env.store.pending(minions).items()
+        }
+        would = {m: js for m, js in would.items() if js}
+        return {"dry_run": True, "minions": would, "flushed": sum(len(js) for js in would.values())}
+    flushed: dict[str, list[str]] = {}
+    for done, minion in enumerate(minions, 1):
+        cancelled = env.store.flush(minion, jids)
+        if cancelled:
+            flushed[minion] = cancelled
+        if done % PROGRESS_EVERY == 0 or done == len(minions) > PROGRESS_EVERY:
+            fire_progress(env, "flush", done, len(minions))
+    if not is_glob(minion_id):
+        return {"minion": minion_id, "flushed": len(flushed.get(minion_id, [])), "jids": flushed.get(minion_id, [])}
+    return {"minions": flushed, "flushed": sum(len(js) for js in flushed.values())}
+
+
+PROGRESS_EVERY = 100
+
+
+def fire_progress(env: Env, action: str, done: int, total: int | None = None) -> None:
+    """salt/job_retry/progress/<action>: how far a long runner call has got."""
+    try:
+        env.fire({"action": action, "done": done, "total": total}, f"salt/job_retry/progress/{action}")
+    except Exception:  # progress is a courtesy
+        log.debug("job_retry: could not fire a progress event", exc_info=True)
+
+
+def stats(env: Env, format: str = "data") -> dict | str:
+    """Counts as data, or Prometheus text exposition with format=prometheus."""
+    counts = env.store.stats()
+    if format == "prometheus":
+        return prometheus(counts)
+    if format != "data":
+        return error(f"unknown format {format!r}: use data or prometheus")
+    return counts
+
+
+def prometheus(counts: dict) -> str:
+    metrics = [
+        ("tracked_jobs", "gauge", "Jobs recorded and not expired."),
+        ("unswept_jobs", "gauge", "Jobs younger than timeout or not yet swept."),
+        ("starts_waiting", "gauge", "Minion starts not yet served by an engine."),
+        ("pending_total", "gauge", "(jid, minion) pairs queued for replay."),
+        ("oldest_pending_age_seconds", "gauge", "Age of the oldest queued (jid, minion) pair."),
+        ("queued", "counter", "Pairs queued by the sweep."),
+        ("replays", "counter", "Replays published."),
+        ("exhausted", "counter", "Pairs given up after max_attempts."),
+        ("interrupted", "counter", "Pairs acknowledged and cut short by a restart."),
+    ]
+    lines = []
+    for name, kind, help_text in metrics:
+        metric = f"salt_job_retry_{name}{'_total' if kind == 'counter' else ''}"
+        lines += [f"# HELP {metric} {help_text}", f"# TYPE {metric} {kind}", f"{metric} {counts[name]}"]
+    lines += [
+        "# HELP salt_job_retry_pending Pairs queued for replay, by minion.",
+        "# TYPE salt_job_retry_pending gauge",
+    ]
+    for minion, n in counts["pending_by_minion"].items():
+        label = minion.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+        lines.append(f'salt_job_retry_pending{{minion="{label}"}} {n}')
+    return "\n".join(lines) + "\n"
 
 
 def retry(env: Env, jid: str) -> dict:
@@ -124,7 +204,13 @@ def retry(env: Env, jid: str) -> dict:
 
 
 def enqueue(env: Env) -> dict:
-    queued = Replayer(env.store, env.conf, env.publish, env.fire, env.new_jid).sweep()
+    swept = [0]
+
+    def progress(jobs: int) -> None:
+        swept[0] += jobs
+        fire_progress(env, "enqueue", swept[0])
+
+    queued = Replayer(env.store, env.conf, env.publish, env.fire, env.new_jid).sweep(progress)
     by_jid: dict[str, list[str]] = {}
     for jid, minion, _ in queued:
         by_jid.setdefault(jid, []).append(minion)
@@ -177,4 +263,5 @@ COMMANDS: dict[str, Callable[..., dict]] = {
     "retry": retry,
     "enqueue": enqueue,
     "status": status,
+    "stats": stats,
 }

@@ -13,10 +13,11 @@ import fnmatch
 import logging
 import re
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from .config import Config
+from .events import fire_action
 from .spool import Spool
 from .store import Batch, RedisUnavailable, Store, guard, pack
 
@@ -100,10 +101,12 @@ def replay_origin(data: dict) -> str | None:
 
 
 class Recorder:
-    def __init__(self, store: Store, conf: Config, spool: Spool):
+    def __init__(self, store: Store, conf: Config, spool: Spool, fire: Callable[[dict, str], None] | None = None):
         self.store = store
         self.conf = conf
         self.spool = spool
+        self.fire = fire  # for delivered/returned events of replays; None where there is no bus
+        self._notices: list[tuple[str, str, str, dict]] = []
         self._wanted: dict[str, bool] = {}
         self._spooled = spool.has_data()  # else one stat() per call; only we append to it
 
@@ -166,6 +169,7 @@ class Recorder:
         if not self.wanted(data.get("fun")):
             return False
         self.store.stage_return(batch, replay_origin(data) or jid, minion)
+        self._notice("returned", jid, minion, data)
         return True
 
     def _stage_ack(self, batch: Batch, jid: str, minion: str, data: dict) -> bool:
@@ -174,7 +178,21 @@ class Recorder:
         if not valid_jid(jid) or not valid_minion(minion) or not self.wanted(inner.get("fun")):
             return False
         self.store.stage_delivery(batch, replay_origin(inner) or jid, minion, int(event_time(data) * 1000))
+        self._notice("delivered", jid, minion, inner)
         return True
+
+    def _notice(self, action: str, jid: str, minion: str, data: dict) -> None:
+        """Remember a replay's delivery or return, to announce once it is written."""
+        meta = data.get("metadata")
+        if self.fire is not None and isinstance(meta, dict) and isinstance(meta.get("job_retry"), dict):
+            info = meta["job_retry"]
+            extra = {"attempt": info.get("attempt"), **({"replay_jid": jid} if replay_origin(data) else {})}
+            self._notices.append((action, replay_origin(data) or jid, minion, extra))
+
+    def _announce(self) -> None:
+        notices, self._notices = self._notices, []
+        for action, jid, minion, extra in notices:
+            fire_action(self.fire, action, jid, minion, **extra)
 
     def record(self, events: Iterable[Any]) -> int:
         """Write the relevant events (after anything spooled). Returns how many were written."""
@@ -198,11 +216,13 @@ class Recorder:
 
     def _write(self, events: list[tuple], spool_on_failure: bool) -> int:
         batch = self.store.batch()
+        self._notices = []
         relevant = [(tag, data) for tag, data in events if self._safe_stage(batch, tag, data)]
         if not len(batch):
             return 0
         try:
             guard(self.conf, batch.execute)
+            self._announce()
         except RedisUnavailable as exc:
             if not spool_on_failure:
                 raise

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .config import Config
+from .events import fire_action
 from .recorder import event_time
 from .store import Claim, RedisUnavailable, Store
 
@@ -25,18 +26,9 @@ log = logging.getLogger(__name__)
 # start, and reacting to both would replay twice.
 START_TAG = re.compile(r"^salt/minion/(.+)/start$")
 PRESENCE_TAG = "salt/presence/change"
-EVENT_PREFIX = "salt/job_retry"
 
 Publish = Callable[[str, str, dict, int, dict], None]
 Fire = Callable[[dict, str], None]
-
-
-def fire_action(fire: Fire, action: str, jid: str, minion: str, **data: Any) -> None:
-    """Fire ``salt/job_retry/<jid>/<action>/<minion>`` for reactors; never raises."""
-    try:
-        fire({"jid": jid, "minion": minion, **data}, f"{EVENT_PREFIX}/{jid}/{action}/{minion}")
-    except Exception:
-        log.exception("job_retry: could not fire %s event for %s/%s", action, jid, minion)
 
 
 @dataclass
@@ -94,6 +86,8 @@ class Replayer:
                 self._settled(minion, claim, served)
         unqueue = [c.jid for c in claims if c.state not in ("claimed", "leased", "sent", "running") and c.jid in queued]
         self.store.dequeue(minion, unqueue)
+        self.store.count("exhausted", len(served.exhausted))
+        self.store.count("interrupted", len(served.interrupted))
         return served
 
     def _settled(self, minion: str, claim: Claim, served: Served) -> None:
@@ -125,9 +119,9 @@ class Replayer:
         served.replayed.append(claim.jid)
         return True
 
-    def sweep(self) -> list[tuple[str, str, dict]]:
+    def sweep(self, progress: Callable[[int], None] | None = None) -> list[tuple[str, str, dict]]:
         """Queue what came due and fire a ``queued`` event per newly queued pair."""
-        queued = self.store.sweep()
+        queued = self.store.sweep(progress=progress)
         for jid, minion, job in queued:
             fire_action(self.fire, "queued", jid, minion, fun=job.get("fun"))
         if queued:

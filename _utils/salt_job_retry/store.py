@@ -31,6 +31,9 @@ key                                    type    content
                                                queued-at time (id percent-encoded)
 ``P:starts``                           zset    minions whose start is not served yet,
                                                scored by start time (epoch ms)
+``P:jobs``                             zset    tracked jids, scored by publish time
+``P:stats``                            hash    counters: replays, queued, exhausted,
+                                               interrupted
 ``P:rate``                             hash    fleet-wide replay token bucket
 =====================================  ======  =============================================
 
@@ -41,6 +44,7 @@ gets ``EXPIRE ttl`` on each write. Nothing uses ``KEYS`` or ``SCAN``.
 
 from __future__ import annotations
 
+import calendar
 import hashlib
 import logging
 import math
@@ -59,17 +63,14 @@ from .config import Config
 log = logging.getLogger(__name__)
 
 # Redis' Lua stack limits how many arguments one unpack() may spread.
-_LUA_CHUNK = 4000
 
 _RECORD_NEW = """
--- KEYS: job, targets, alias   ARGV: ttl, job blob, minion ids...
-if redis.call('EXISTS', KEYS[3]) == 1 then return 0 end
+-- KEYS: job, alias   ARGV: ttl, job blob
+-- The targets are added by a plain SADD in the same pipeline (no Lua argument
+-- conversion for 10,000 ids); without a job record they are inert.
+if redis.call('EXISTS', KEYS[2]) == 1 then return 0 end
 redis.call('SET', KEYS[1], ARGV[2], 'NX')
 redis.call('EXPIRE', KEYS[1], ARGV[1])
-for i = 3, #ARGV, 4000 do
-  redis.call('SADD', KEYS[2], unpack(ARGV, i, math.min(i + 3999, #ARGV)))
-end
-if #ARGV > 2 then redis.call('EXPIRE', KEYS[2], ARGV[1]) end
 return 1
 """
 
@@ -82,11 +83,12 @@ return 1
 """
 
 _SWEEP_JOB = """
--- KEYS: targets, returned, retry   ARGV: ttl, now
+-- KEYS: targets, returned, retry, job   ARGV: ttl, now
 -- Returns {minion, flag, ...} for every minion still owed the job: flag 1 newly
 -- queued, 0 queued before, 2 acknowledged (running: indexed so that a restart
 -- finds it, but not queued as missing).
 local out = {}
+if redis.call('EXISTS', KEYS[4]) == 0 then return out end  -- expired, or a retry's alias jid
 for _, m in ipairs(redis.call('SDIFF', KEYS[1], KEYS[2])) do
   if redis.call('HEXISTS', KEYS[3], 'x:' .. m) == 0 then
     out[#out + 1] = m
@@ -287,6 +289,8 @@ class Keys:
         self.queues = f"{prefix}:queues"
         self.starts = f"{prefix}:starts"
         self.rate = f"{prefix}:rate"
+        self.jobs = f"{prefix}:jobs"
+        self.stats = f"{prefix}:stats"
 
     def job(self, jid: str) -> str:
         return f"{self.prefix}:{{{jid}}}:job"
@@ -408,9 +412,14 @@ class Store:
     def stage_job(self, batch: Batch, jid: str, blob: bytes, published: float, minions: Iterable[str]) -> None:
         """Record a published job (packed) and merge its targets (a replay's `new` names one minion)."""
         k, ttl = self.keys, self.conf.ttl
-        batch.script("record_new", [k.job(jid), k.targets(jid), k.alias(jid)], [ttl, blob, *minions])
+        batch.script("record_new", [k.job(jid), k.alias(jid)], [ttl, blob])
+        if minions:
+            batch.call("SADD", k.targets(jid), *minions)
+            batch.call("EXPIRE", k.targets(jid), ttl)
         batch.call("ZADD", k.unswept, "NX", published, jid)
         batch.call("EXPIRE", k.unswept, ttl)
+        batch.call("ZADD", k.jobs, "NX", published, jid)
+        batch.call("EXPIRE", k.jobs, ttl)
 
     def stage_excluded_job(self, batch: Batch, jid: str, job: dict) -> None:
         """Remember only that the jid ran an excluded function, so `status` can say so."""
@@ -432,7 +441,7 @@ class Store:
 
     # -- sweep ----------------------------------------------------------------------
 
-    def sweep(self, limit: int = 500) -> list[tuple[str, str, dict]]:
+    def sweep(self, limit: int = 500, progress: Callable[[int], None] | None = None) -> list[tuple[str, str, dict]]:
         """
         Queue the missing minions of every job published more than `timeout` ago.
 
@@ -450,6 +459,8 @@ class Store:
             if not jids:
                 return queued
             queued.extend(self._sweep_jobs(jids, now))
+            if progress:
+                progress(len(jids))
             if len(jids) < limit:
                 return queued
 
@@ -458,7 +469,7 @@ class Store:
 
         def fill(b: Batch) -> None:
             for jid in jids:
-                b.script("sweep_job", [k.targets(jid), k.returned(jid), k.retry(jid)], [ttl, repr(now)])
+                b.script("sweep_job", [k.targets(jid), k.returned(jid), k.retry(jid), k.job(jid)], [ttl, repr(now)])
                 b.call("GET", k.job(jid))
 
         results = self.run(fill)
@@ -475,6 +486,11 @@ class Store:
                 b.call("ZADD", k.queues, now, minion)
             b.call("EXPIRE", k.queues, ttl)
             b.call("ZREM", k.unswept, *jids)
+            b.call("ZREMRANGEBYSCORE", k.jobs, "-inf", now - ttl)  # their keys have expired
+            fresh = sum(1 for _, _, new, _ in owed if new)
+            if fresh:
+                b.call("HINCRBY", k.stats, "queued", fresh)
+                b.call("EXPIRE", k.stats, ttl)
 
         self.run(enqueue)
         return [(jid, minion, job) for jid, minion, new, job in owed if new]
@@ -518,11 +534,46 @@ class Store:
         """Record that replays of jids reached the master's publisher (ends their lease)."""
         now_ms = int(self.clock() * 1000)
         if jids:
-            self.run(
-                lambda b: [
-                    b.script("mark_published", [self.keys.retry(j)], [minion, now_ms, self.conf.ttl]) for j in jids
-                ]
+
+            def fill(b: Batch) -> None:
+                for jid in jids:
+                    b.script("mark_published", [self.keys.retry(jid)], [minion, now_ms, self.conf.ttl])
+                self._count(b, "replays", len(jids))
+
+            self.run(fill)
+
+    def _count(self, batch: Batch, counter: str, n: int) -> None:
+        batch.call("HINCRBY", self.keys.stats, counter, n)
+        batch.call("EXPIRE", self.keys.stats, self.conf.ttl)
+
+    def count(self, counter: str, n: int) -> None:
+        """Add n to one of the `stats` counters."""
+        if n:
+            self.run(lambda b: self._count(b, counter, n))
+
+    def stats(self) -> dict[str, Any]:
+        """Counts for operators and metrics (one pipeline, plus the pending listing)."""
+        k, now = self.keys, self.clock()
+        jobs, unswept, starts, counters = self.run(
+            lambda b: (
+                b.call("ZCOUNT", k.jobs, now - self.conf.ttl, "+inf"),
+                b.call("ZCARD", k.unswept),
+                b.call("ZCARD", k.starts),
+                b.call("HGETALL", k.stats),
             )
+        )
+        pending = self.pending(self.queued_minions())
+        queued_at = [from_iso(e["queued_at"]) for entries in pending.values() for e in entries]
+        counters = {_text(f): int(v) for f, v in counters.items()}
+        return {
+            "tracked_jobs": int(jobs),
+            "unswept_jobs": int(unswept),
+            "starts_waiting": int(starts),
+            "pending_total": sum(len(e) for e in pending.values()),
+            "pending_by_minion": {m: len(e) for m, e in sorted(pending.items()) if e},
+            "oldest_pending_age_seconds": round(now - min(queued_at), 1) if queued_at else 0,
+            **{name: counters.get(name, 0) for name in ("queued", "replays", "exhausted", "interrupted")},
+        }
 
     def stage_delivery(self, batch: Batch, jid: str, minion: str, at_ms: int) -> None:
         """A minion acknowledged the job (``salt/job/<jid>/start/<id>``, Salt 3008 start_event)."""
@@ -705,8 +756,15 @@ def minion_state(
     return {"state": "waiting", **state}
 
 
+ISO_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
+
+
 def iso(epoch: float) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(epoch))
+    return time.strftime(ISO_FORMAT, time.gmtime(epoch))
+
+
+def from_iso(text: str) -> float:
+    return float(calendar.timegm(time.strptime(text, ISO_FORMAT)))
 
 
 def guard(conf: Config, call: Callable, *args: Any) -> Any:

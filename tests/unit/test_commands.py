@@ -175,3 +175,55 @@ def test_invoke_reuses_the_cached_client(server):
     conf = saltside.load_config(opts)
     context[saltside.CONTEXT_KEY] = {saltside.client_ident(conf): fakeredis.FakeRedis(server=server)}
     assert commands.invoke(opts, context, "enqueue") == {"queued": {}, "count": 0}
+
+
+def two_jobs_for_three_minions(env):
+    other = "20261122050816460001"
+    env.h.record(
+        new_event(minions=["web1", "web2", "db1"]), new_event(jid=other, fun="state.apply", arg=[], minions=["web1"])
+    )
+    env.h.clock.advance(6)
+    run(env, "enqueue")
+    return other
+
+
+def test_pending_filters_by_minion_glob_and_function(env):
+    other = two_jobs_for_three_minions(env)
+    assert set(run(env, "pending", minion_id="web*")) == {"web1", "web2"}
+    by_fun = run(env, "pending", fun="state.*")
+    assert {m: [e["jid"] for e in jobs] for m, jobs in by_fun.items()} == {"web1": [other]}
+    assert run(env, "pending", minion_id="nomatch*") == {}
+
+
+def test_flush_glob_dry_run_then_for_real(env):
+    two_jobs_for_three_minions(env)
+    preview = run(env, "flush", minion_id="web*", dry_run=True)
+    assert preview["dry_run"] is True and preview["flushed"] == 3 and set(preview["minions"]) == {"web1", "web2"}
+    assert set(run(env, "pending")) == {"web1", "web2", "db1"}  # nothing changed
+    done = run(env, "flush", minion_id="web*")
+    assert done["flushed"] == 3 and set(run(env, "pending")) == {"db1"}
+
+
+def test_flush_of_many_minions_fires_progress(env):
+    minions = [f"n{i:03d}" for i in range(250)]
+    env.h.record(new_event(minions=minions))
+    env.h.clock.advance(6)
+    run(env, "enqueue")
+    assert run(env, "flush", minion_id="n*")["flushed"] == 250
+    progress = [d for t, d in env.h.events if t == "salt/job_retry/progress/flush"]
+    assert [p["done"] for p in progress] == [100, 200, 250] and progress[-1]["total"] == 250
+
+
+def test_stats_and_prometheus(env):
+    two_jobs_for_three_minions(env)
+    env.h.serve("web2")
+    env.h.clock.advance(30)
+    counts = run(env, "stats")
+    assert counts["tracked_jobs"] == 2 and counts["pending_total"] == 4 and counts["queued"] == 4
+    assert counts["pending_by_minion"] == {"db1": 1, "web1": 2, "web2": 1}  # replayed, not yet returned
+    assert counts["replays"] == 1
+    assert counts["oldest_pending_age_seconds"] == 30
+    text = run(env, "stats", format="prometheus")
+    assert "# TYPE salt_job_retry_replays_total counter\nsalt_job_retry_replays_total 1\n" in text
+    assert 'salt_job_retry_pending{minion="web1"} 2' in text
+    assert run(env, "stats", format="xml")["retcode"] == 1

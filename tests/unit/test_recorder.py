@@ -225,7 +225,9 @@ def test_retry_alias_jid_is_not_tracked_and_its_return_closes_the_original(h):
     h.record(new_event(minions=["alpha", "beta"]))
     h.store.register_alias(OTHER, JID)
     h.record(new_event(jid=OTHER, minions=["beta"]))
-    assert not h.redis.exists(h.store.keys.targets(OTHER))
+    assert h.store.job(OTHER) is None  # no job record: never swept, claimed or listed
+    h.clock.advance(60)
+    assert {j for j, _, _ in h.store.sweep()} == {JID}  # the alias jid is inert
     h.record(ret_event("beta", jid=OTHER, metadata={"job_retry": {"orig_jid": JID, "attempt": 0}}))
     assert h.redis.smembers(h.store.keys.returned(JID)) == {b"beta"}
 
@@ -242,3 +244,16 @@ def test_error_while_draining_keeps_the_spool_and_does_not_deadlock(h, monkeypat
     assert h.record(ret_event("alpha")) == 0  # returns (no deadlock), raises nothing
     assert h.recorder.spool.has_data()
     assert "could not write the spool" in caplog.text
+
+
+def test_replays_delivery_and_return_are_announced(make):
+    h = make()
+    fired = []
+    h.recorder.fire = lambda data, tag: fired.append(tag)
+    h.record(new_event(minions=["beta"]), ret_event("alpha", jid=OTHER))
+    meta = {"metadata": {"job_retry": {"attempt": 1}}}
+    ack = {"tag": f"salt/job/{JID}/start/beta", "data": {"id": "beta", "data": {"jid": JID, "fun": "cmd.run", **meta}}}
+    h.record(ack, ret_event("beta", **meta))
+    assert fired == [f"salt/job_retry/{JID}/delivered/beta", f"salt/job_retry/{JID}/returned/beta"]
+    h.record(ret_event("beta"))  # not a replay: no event
+    assert len(fired) == 2
