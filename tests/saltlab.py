@@ -37,6 +37,15 @@ import redis
 import yaml
 
 REPO = Path(__file__).resolve().parent.parent
+
+
+def salt_version() -> tuple[int, ...]:
+    """The Salt release the tests run against (the one in this venv), e.g. (3008, 3)."""
+    import salt.version
+
+    return tuple(salt.version.__saltstack_version__.info[:2])
+
+
 ENGINE_TITLE = "Engine(salt.loaded.ext.engines.job_retry)"
 READY_LINE = "Minion is ready to receive requests!"
 LOADER_DIRS = {

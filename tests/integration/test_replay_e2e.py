@@ -7,6 +7,8 @@ import time
 
 import pytest
 
+from tests.saltlab import salt_version
+
 SETTLE = 5  # seconds to wait for a duplicate that must not come
 
 
@@ -118,6 +120,7 @@ def test_retry_reaches_a_connected_minion_that_saw_the_jid(fleet):
     assert fleet.trace_count("alpha", "connected") == 1
 
 
+@pytest.mark.skipif(salt_version() < (3008,), reason="--start-event acknowledgements are new in Salt 3008")
 def test_acked_job_cut_short_by_a_restart_is_interrupted_not_rerun(fleet):
     # --start-event: beta acknowledges, then runs a long job; it restarts before returning
     command = fleet.trace_cmd("acked") + "; sleep 60"
@@ -139,3 +142,15 @@ def test_runner_errors_exit_non_zero(fleet, bad):
     assert code == 1 and "error" in out
     code, out = fleet.run("job_retry.pending", "no-such-minion")
     assert code == 1 and "unknown minion" in out["error"]
+
+
+def test_stats_and_prometheus_through_salt_run(fleet):
+    code, counts = fleet.run("job_retry.stats")
+    assert code == 0 and counts["tracked_jobs"] >= 1 and "pending_by_minion" in counts, counts
+    proc = fleet._cli(
+        [fleet._bin("salt-run"), "-c", fleet.master_dir, "job_retry.stats", "format=prometheus", "--out=txt"],
+        timeout=60,
+    )
+    lines = proc.stdout.splitlines()
+    assert proc.returncode == 0 and lines[0].startswith("# HELP salt_job_retry_tracked_jobs"), proc.stdout
+    assert any(line.startswith("salt_job_retry_replays_total ") for line in lines)
