@@ -86,20 +86,33 @@ class Bench:
         return module
 
     def flush(self) -> None:
-        self.client.flushall()
+        """Empty Redis between runs: ASYNC (a multi-GB FLUSHALL outlasts the socket timeout), then wait."""
+        self.client.flushall(asynchronous=True)
+        while self.client.info("memory").get("lazyfree_pending_objects", 0):
+            time.sleep(0.05)
 
     # -- measuring -------------------------------------------------------------------------
 
     def measure(self, setup, action) -> list[float]:
         """Seconds of `action` over self.runs runs, each after `setup` (untimed)."""
-        times = []
+        return self.measure_pair(setup, action, None)[0]
+
+    def measure_pair(self, setup, action, baseline) -> tuple[list[float], list[float]]:
+        """
+        `action` and `baseline` alternately, run by run, so both see the same machine: this
+        VM's speed drifts 2-3x over minutes, which would swamp ratios of separate series.
+        """
+        ours, base = [], []
         for _ in range(self.runs):
-            self.flush()
-            state = setup()
-            began = time.perf_counter()
-            action(state)
-            times.append(time.perf_counter() - began)
-        return times
+            for fn, out in ((action, ours), (baseline, base)):
+                if fn is None:
+                    continue
+                self.flush()
+                state = setup()
+                began = time.perf_counter()
+                fn(state)
+                out.append(time.perf_counter() - began)
+        return ours, base
 
     def report(
         self,
@@ -119,7 +132,8 @@ class Bench:
         ratio = 0.0
         if base:
             bvals = sorted(conv(t) for t in base)
-            ratio = statistics.median(vals) / statistics.median(bvals)
+            pairs = [conv(a) / conv(b) for a, b in zip(ours, base, strict=False)]  # run by run
+            ratio = statistics.median(pairs)
             line += f"   {base_name}: {fmt(bvals)} {unit}   ratio {ratio:.2f}x"
         if target:
             line += f"   (target {target})"
@@ -157,11 +171,15 @@ class Bench:
 
             return run
 
-        single = self.measure(setup, ours_single)
-        batched = self.measure(setup, ours_batch)
-        ceil1 = self.measure(setup, ceiling(1))
-        ceil100 = self.measure(setup, ceiling(100))
-        peer = self.peer(peer_python, returns) if peer_python else None
+        single, ceil1 = self.measure_pair(setup, ours_single, ceiling(1))
+        batched, ceil100 = self.measure_pair(setup, ours_batch, ceiling(100))
+        peer, single_p, batched_p = None, single, batched
+        if peer_python:
+            peer, single_p, batched_p = [], [], []
+            for _ in range(self.runs):  # interleaved with ours, run by run
+                peer += self.peer(peer_python, returns, runs=1)
+                single_p += self.measure_once(setup, ours_single)
+                batched_p += self.measure_once(setup, ours_batch)
         n = float(returns)
         self.report("ingest, 1 event per call", single, ceil1, "bare pipeline", "returns/s", n, "", True)
         self.report("ingest, 100 events per call", batched, ceil100, "bare pipeline", "returns/s", n, ">= 0.8x", True)
@@ -173,9 +191,16 @@ class Bench:
                 "ingest, 100 events per call", batched, peer, "saltext-redis returner()", "returns/s", n, ">= 10x", True
             )
 
-    def peer(self, python: str, returns: int) -> list[float]:
+    def measure_once(self, setup, action) -> list[float]:
+        runs, self.runs = self.runs, 1
+        try:
+            return self.measure(setup, action)
+        finally:
+            self.runs = runs
+
+    def peer(self, python: str, returns: int, runs: int) -> list[float]:
         times = []
-        for _ in range(self.runs):
+        for _ in range(runs):
             self.flush()
             out = subprocess.run(
                 [
@@ -221,8 +246,7 @@ class Bench:
                     pipe.execute()
 
             self.measure(lambda: None, ours)  # warm the script cache
-            a = self.measure(lambda: None, ours)
-            b = self.measure(lambda: None, bare)
+            a, b = self.measure_pair(lambda: None, ours, bare)
             self.report(f"fan-out, new event to {n} minions", a, b, "bare pipeline", "ms/event", 1000 / reps, "<= 1.2x")
 
     # -- 3. replay latency ---------------------------------------------------------------
@@ -267,14 +291,14 @@ class Bench:
     def sweep(self, minions: int, jobs: int, due: int) -> None:
         ids = minion_ids(minions)
         missing = ids[: max(1, minions // 100)]
-        now = time.time()
 
         def setup_for(total: int, due_jobs: int):
             def setup():
+                now = time.time()  # per run: a setup takes long enough to age a fixed `now`
                 pipe = self.client.pipeline(transaction=False)
                 for i in range(total):
                     jid = f"2026112206{i:010d}"
-                    published = now - 3600 if i < due_jobs else now  # the rest are younger than timeout
+                    published = now - 3600 if i < due_jobs else now + 3600  # the rest: not due yet
                     pipe.set(self.keys.job(jid), store.pack({"fun": "state.apply", "arg": [], "time": published}))
                     pipe.sadd(self.keys.targets(jid), *ids)
                     pipe.sadd(self.keys.returned(jid), *ids[len(missing) :])
@@ -288,9 +312,11 @@ class Bench:
         def run(_):
             self.store.sweep()
 
+        runs, self.runs = self.runs, min(self.runs, 3)  # each setup writes millions of set members
         base = self.measure(setup_for(jobs, due), run)
         doubled_due = self.measure(setup_for(jobs, 2 * due), run)
         doubled_total = self.measure(setup_for(2 * jobs, due), run)
+        self.runs = runs
         label = f"{minions} minions x {jobs} jobs, 1 % missing"
         self.report(f"sweep, {due} due ({label})", base, None, "", "ms", 1000)
         self.report(f"sweep, {2 * due} due", doubled_due, base, f"{due} due", "ms", 1000, "~2x: follows due jobs")
@@ -345,9 +371,11 @@ def main() -> int:
     runs = args.runs or (2 if quick else 5)
     only = set(args.only.split(","))
 
+    redis_version = subprocess.run(["redis-server", "--version"], capture_output=True, text=True).stdout.split()[2]
+    parser_name = "hiredis" if importlib.util.find_spec("hiredis") else "pure-Python parser"
     print(
         f"machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
-        f"{subprocess.run(['redis-server', '--version'], capture_output=True, text=True).stdout.split()[2]}"
+        f"redis-server {redis_version.removeprefix('v=')}, redis-py {redis.__version__} ({parser_name})"
     )
     lab = Lab(minions=())
     lab.start_redis()
