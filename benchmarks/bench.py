@@ -32,6 +32,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import redis
+
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "_utils"))
 sys.path.insert(0, str(REPO))
