@@ -36,12 +36,19 @@ def valid_minion(minion: Any) -> bool:
     return isinstance(minion, str) and 0 < len(minion) <= MAX_MINION_ID and not CONTROL_CHARS.search(minion)
 
 
+# Every id 1..512 characters without control characters, ids separated by NUL (itself a
+# control character, so it cannot occur inside an id): one C-level pass over the whole list.
+_ID = rf"[^\x00-\x1f]{{1,{MAX_MINION_ID}}}"
+_ALL_VALID = re.compile(rf"{_ID}(?:\x00{_ID})*")
+
+
 def valid_minions(minions: list) -> list[str]:
-    """The valid ids of a target list; one C-speed check for the usual all-valid case."""
-    if all(type(m) is str for m in minions):
-        lengths = list(map(len, minions)) or [1]
-        if min(lengths) > 0 and max(lengths) <= MAX_MINION_ID and not CONTROL_CHARS.search("".join(minions)):
+    """The valid ids of a target list; one regex pass for the usual all-valid case."""
+    try:
+        if not minions or _ALL_VALID.fullmatch("\x00".join(minions)):
             return minions
+    except TypeError:  # a non-string id
+        pass
     return [m for m in minions if valid_minion(m)]
 
 
