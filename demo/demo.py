@@ -42,8 +42,9 @@ def main():
         say(2, "beta goes offline (its process is killed)")
         lab.kill_minion("beta")
 
-        say(3, "salt '*' cmd.run 'echo deployed {{ grains.id }} >> trace' template=jinja")
-        jid = lab.publish_trace("*", "deployed")
+        say(3, "salt '*' cmd.run 'echo deployed {{ grains.id }} | tee -a trace' template=jinja")
+        command = f'echo "deployed {{{{ grains.id }}}}" | tee -a {lab.root}/trace/{{{{ grains.id }}}}.log'
+        jid = lab.salt_async("*", "cmd.run", command, "template=jinja")
         print(f"    published as jid {jid}")
         alpha = lab.wait_trace("alpha", "deployed")
         print(f"    alpha ran it ({alpha}x); beta is down and did not")
@@ -70,7 +71,7 @@ def main():
         _, lookup = lab.run("jobs.lookup_jid", jid)
         show(lookup)
 
-        ok = alpha == 1 and beta == 1 and state and isinstance(lookup, dict) and "beta" in lookup
+        ok = alpha == 1 and beta == 1 and state and isinstance(lookup, dict) and lookup.get("beta") == "deployed beta"
     if ok:
         print(f"\nSUCCESS: beta was down when job {jid} was published, came back, and ran it exactly once.")
         return 0
