@@ -155,9 +155,12 @@ def test_redis_outage_loses_nothing(fleet, fault_matrix):
 
 
 def test_master_restart_replays_only_what_is_owed(fleet, fault_matrix):
-    fleet.publish_trace("*", "before")
+    before = fleet.publish_trace("*", "before")
     for minion in ("alpha", "beta"):
         assert fleet.wait_trace(minion, "before") == 1
+    # beta's *return* must be recorded before it goes down: killed between running the job and
+    # returning, it would rightly be owed the job again (at-least-once without an ack)
+    assert wait_for(lambda: fleet.run("job_retry.status", before)[1].get("summary") == {"returned": 2})
     fleet.kill_minion("beta")
     fleet.publish_trace("*", "owed")
     assert fleet.wait_trace("alpha", "owed") == 1
