@@ -404,9 +404,6 @@ class Store:
         fill(batch)
         return guard(self.conf, batch.execute)
 
-    def ping(self) -> None:
-        guard(self.conf, self.client.ping)
-
     # -- recording (returner) -------------------------------------------------------
 
     def stage_job(self, batch: Batch, jid: str, blob: bytes, published: float, minions: Iterable[str]) -> None:

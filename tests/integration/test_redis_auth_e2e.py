@@ -20,9 +20,8 @@ def openssl(*args, cwd):
     subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True)
 
 
-@pytest.fixture(scope="module")
-def tls_redis(tmp_path_factory):
-    d = tmp_path_factory.mktemp("tls")
+def self_signed_ca(common_name, stem, cwd):
+    """<stem>.key and <stem>.crt: a throwaway CA named common_name."""
     openssl(
         "req",
         "-x509",
@@ -32,13 +31,19 @@ def tls_redis(tmp_path_factory):
         "-days",
         "2",
         "-subj",
-        "/CN=jr-test-ca",
+        f"/CN={common_name}",
         "-keyout",
-        "ca.key",
+        f"{stem}.key",
         "-out",
-        "ca.crt",
-        cwd=d,
+        f"{stem}.crt",
+        cwd=cwd,
     )
+
+
+@pytest.fixture(scope="module")
+def tls_redis(tmp_path_factory):
+    d = tmp_path_factory.mktemp("tls")
+    self_signed_ca("jr-test-ca", "ca", cwd=d)
     openssl(
         "req",
         "-newkey",
@@ -71,22 +76,7 @@ def tls_redis(tmp_path_factory):
         "server.crt",
         cwd=d,
     )
-    openssl(
-        "req",
-        "-x509",
-        "-newkey",
-        "rsa:2048",
-        "-nodes",
-        "-days",
-        "2",
-        "-subj",
-        "/CN=other-ca",
-        "-keyout",
-        "other.key",
-        "-out",
-        "other.crt",
-        cwd=d,
-    )
+    self_signed_ca("other-ca", "other", cwd=d)
     port = _free_ports(1)
     conf = d / "redis.conf"
     conf.write_text(
