@@ -1,12 +1,14 @@
 """
 Replay missed jobs to minions when they start (salt-job-retry).
 
-On ``salt/minion/<id>/start`` the engine republishes to that minion every job it
-is owed (queued by the sweep, or published while it was down and not swept
-yet), under the original jid, with ``metadata: {job_retry: {attempt: n}}``,
-at most ``max_replays_per_second`` across every engine sharing the Redis.
-Every ``interval`` seconds it runs the sweep. It fires
-``salt/job_retry/<jid>/queued|replayed|exhausted|interrupted/<minion>`` for reactors.
+On ``salt/minion/<id>/start`` the engine republishes to that minion the jobs it
+missed (queued by the sweep, or published while it was down and not swept yet),
+one at a time in publish order: the next goes out when the previous returned, or
+after ``replay_wait``. Replays keep the original jid and carry
+``metadata: {job_retry: {attempt: n}}``; at most ``max_replays_per_second`` go
+out across every engine sharing the Redis. The engine of the master that saw the
+start serves it. Every ``interval`` seconds it runs the sweep. It fires
+``salt/job_retry/<jid>/queued|replayed|superseded|exhausted|interrupted/<minion>``.
 
 The engine never exits: Redis trouble is logged and retried with backoff.
 Engines start only with the master: restart it after installing or syncing.
@@ -64,9 +66,12 @@ def start(**kwargs):
     store = saltside.store_for(conf, {})
     bus = salt.utils.event.get_master_event(__opts__, __opts__["sock_dir"], listen=True)
     publish = saltside.make_publisher(__opts__)
-    replayer = replay.Replayer(store, conf, publish, bus.fire_event, lambda: saltside.new_jid(__opts__))
-    drainer = recorder.Recorder(store, conf, saltside.spool_for(conf, __opts__))
+    engine = saltside.engine_id(__opts__)
+    new_jid = lambda: saltside.new_jid(__opts__)  # noqa: E731
+    replayer = replay.Replayer(store, conf, publish, bus.fire_event, new_jid, engine=engine)
+    writer = recorder.Recorder(store, conf, saltside.spool_for(conf, __opts__))
     next_event = lambda wait: bus.get_event(wait=wait, full=True)  # noqa: E731
-    loop = replay.EngineLoop(replayer, next_event, conf.interval, recorder=drainer)
-    log.info("job_retry engine started (redis %s, sweep every %ss)", conf.redis_display, conf.interval)
+    probe = lambda minions, timeout: saltside.minion_pids(__opts__, minions, timeout)  # noqa: E731
+    loop = replay.EngineLoop(replayer, next_event, conf.interval, recorder=writer, probe=probe)
+    log.info("job_retry engine %s started (redis %s, sweep every %ss)", engine, conf.redis_display, conf.interval)
     loop.run_forever()

@@ -163,7 +163,7 @@ OPTIONS: tuple[Option, ...] = (
         10,
         "number > 0",
         _positive,
-        "Seconds a replay claim blocks other engines; a claim whose engine died is retried after it.",
+        "Seconds an engine holds a minion's replay sequence; an engine silent for 3 leases is replaced.",
     ),
     Option(
         "exclude_functions",
@@ -193,6 +193,35 @@ OPTIONS: tuple[Option, ...] = (
         "'original' or 'new'",
         lambda v: v in ("original", "new"),
         "Replay under the original jid (minions drop duplicates) or a fresh, linked one.",
+    ),
+    Option(
+        "replay_wait",
+        300,
+        "number > 0",
+        _positive,
+        "Seconds a minion's sequence waits for a replay's return before the next job goes out.",
+    ),
+    Option(
+        "supersede_functions",
+        ["state.highstate", "state.apply"],
+        "list of glob strings",
+        _globs,
+        "Jobs whose newer identical twin is owed too are not replayed (`superseded`). "
+        "`fun` matches calls without arguments, `fun(*)` calls with any arguments. [] turns it off.",
+    ),
+    Option(
+        "max_refusals",
+        30,
+        "integer >= 1",
+        lambda v: _is_int(v) and v >= 1,
+        "Times a replay refused by a running state run is sent again before it is exhausted.",
+    ),
+    Option(
+        "probe_timeout",
+        5,
+        "number > 0",
+        _positive,
+        "Seconds the engine waits for a minion to report its pid (when its start event has none).",
     ),
     Option(
         "replay_interrupted",
@@ -265,6 +294,10 @@ class Config:
     interval: float = 10
     max_replays_per_second: float = 50
     replay_jid: str = "original"
+    replay_wait: float = 300
+    supersede_functions: tuple[str, ...] = ("state.highstate", "state.apply")
+    max_refusals: int = 30
+    probe_timeout: float = 5
     replay_interrupted: bool = False
     replay_on_presence: bool = False
     retry_ping_timeout: float = 5

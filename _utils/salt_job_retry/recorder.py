@@ -71,6 +71,22 @@ def is_wanted(fun: Any, conf: Config) -> bool:
     return False
 
 
+# salt/modules/state.py running(): what a state function returns, with retcode 1,
+# when another state run holds the minion (state_queue off, or queue=<n> exceeded).
+REFUSAL_RE = re.compile(r'^The function ".+" is running as PID \d+ and was started at .* with jid \S+$')
+QUEUE_FAILED = "Failed to queue job"
+
+
+def is_refusal(data: dict) -> bool:
+    """Whether a return is Salt refusing to start a state run, not a run that happened."""
+    fun, ret = data.get("fun"), data.get("return")
+    if not isinstance(fun, str) or not fun.startswith("state."):
+        return False
+    if isinstance(ret, list) and ret and all(isinstance(r, str) and REFUSAL_RE.match(r) for r in ret):
+        return True
+    return isinstance(ret, dict) and str(ret.get("comment", "")).startswith(QUEUE_FAILED) and ret.get("result") is False
+
+
 def event_time(data: dict) -> float:
     stamp = data.get("_stamp")
     if isinstance(stamp, str):
@@ -175,6 +191,11 @@ class Recorder:
             return False
         if not self.wanted(data.get("fun")):
             return False
+        if is_refusal(data):
+            log.info("job_retry: %s refused %s (a state run was running); still owed", minion, jid)
+            self.store.stage_refusal(batch, replay_origin(data) or jid, minion)
+            self._notice("refused", jid, minion, data)
+            return True
         self.store.stage_return(batch, replay_origin(data) or jid, minion)
         self._notice("returned", jid, minion, data)
         return True

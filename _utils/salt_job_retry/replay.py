@@ -1,123 +1,198 @@
 """
-Replaying owed jobs to a minion that started, and the engine loop around it.
+Replaying owed jobs to a minion, one at a time and oldest first, and the engine loop around it.
 
-The loop is a plain object fed by a ``next_event`` callable, so tests drive it
-for N events without a master. It never lets an exception out: Redis trouble
-backs off, and minions whose start could not be handled are retried.
+A minion's replay sequence lives in Redis (``P:{m:<id>}:seq``): the process being
+served, the replay in flight and how long to wait for it, and the engine that holds
+it. Any engine can continue a sequence another one started; only the holder moves it.
+
+The loop is a plain object fed by a ``next_event`` callable, so tests drive it for N
+events without a master. It never lets an exception out: Redis trouble backs off.
 """
 
 from __future__ import annotations
 
+import fnmatch
 import logging
+import math
 import re
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from .config import Config
 from .events import fire_action
-from .recorder import event_time
-from .store import Claim, RedisUnavailable, Store
+from .recorder import event_time, is_refusal, replay_origin
+from .store import Claim, Look, RedisUnavailable, SeqView, Store, pack
 
 log = logging.getLogger(__name__)
 
 # Only the new-style tag: 3008 also fires the legacy `minion_start` for every
-# start, and reacting to both would replay twice.
+# start, and reacting to both would serve it twice.
 START_TAG = re.compile(r"^salt/minion/(.+)/start$")
 PRESENCE_TAG = "salt/presence/change"
+REFUSAL_BACKOFF_MAX = 60.0
+PUBLISH_FAILED_RETRY_MS = 5000
 
 Publish = Callable[[str, str, dict, int, dict], None]
 Fire = Callable[[dict, str], None]
+Probe = Callable[[list[str], float], dict[str, str]]
 
 
 @dataclass
-class Served:
-    """What serving one minion's start did."""
+class Step:
+    """What one step of a minion's sequence decided."""
 
-    replayed: list[str] = field(default_factory=list)
-    exhausted: list[str] = field(default_factory=list)
-    interrupted: list[str] = field(default_factory=list)
-    failed: list[str] = field(default_factory=list)
-    deferred: list[str] = field(default_factory=list)  # over the rate limit: released, tried again soon
-    retry_at: float | None = None  # epoch seconds; None when the start is fully served
+    due_ms: int | None = None  # when to look again (Redis clock); None: nothing left to do here
+    probe: bool = False  # the minion's process must be identified first
+    pend_ms: int = 0  # the unidentified (re)connection's stamp
+    waiting_for: tuple[str, ...] = ()  # jids whose return or ack should wake the minion
+    published: str = ""  # the jid replayed by this step
 
-    def later(self, when: float) -> None:
-        self.retry_at = when if self.retry_at is None else min(self.retry_at, when)
+
+def supersede_key(job: dict | None, patterns: tuple[str, ...]) -> str | None:
+    """
+    Jobs with one key are interchangeable: only the newest owed one is replayed.
+
+    A pattern ``fun`` matches calls of fun without arguments; ``fun(*)`` with any
+    arguments (the key includes them, so only identical calls supersede each other).
+    """
+    if not job or not patterns or not isinstance(job.get("fun"), str):
+        return None
+    fun, args = job["fun"], job.get("arg") or []
+    for pattern in patterns:
+        any_args = pattern.endswith("(*)")
+        if fnmatch.fnmatchcase(fun, pattern[:-3] if any_args else pattern) and (any_args or not args):
+            return fun + "\0" + pack(args).hex()
+    return None
+
+
+def refusal_backoff_ms(refusals: int) -> int:
+    """Wait before sending a refused state run again: 2, 4, 8 ... 60 s."""
+    return int(min(REFUSAL_BACKOFF_MAX, 2.0 ** max(1, refusals)) * 1000)
 
 
 class Replayer:
     def __init__(
-        self, store: Store, conf: Config, publish: Publish, fire: Fire, new_jid: Callable[[], str] | None = None
+        self,
+        store: Store,
+        conf: Config,
+        publish: Publish,
+        fire: Fire,
+        new_jid: Callable[[], str] | None = None,
+        engine: str = "engine",
     ):
         self.store = store
         self.conf = conf
         self.publish = publish
         self.fire = fire
         self.new_jid = new_jid
+        self.engine = engine
 
-    def serve(self, minion: str, started_ms: int | None = None) -> Served:
+    @property
+    def wait_ms(self) -> int:
+        return int(self.conf.replay_wait * 1000)
+
+    def step(self, minion: str) -> Step:
         """
-        Replay, oldest first, every job owed to the minion process started at started_ms.
-
-        Raises RedisUnavailable. A claim held by another engine, a publish that failed
-        and replays over the rate limit set ``retry_at``.
+        Move the minion's sequence one step: wait for the replay in flight, settle what
+        is done, or publish the oldest owed job. Raises RedisUnavailable.
         """
-        now = self.store.clock()
-        started_ms = int(now * 1000) if started_ms is None else started_ms
-        jids, queued = self.store.owed_candidates(minion)
-        claims = self.store.claim(minion, jids, started_ms) if jids else []
-        served = Served()
-        claimed = sorted((c for c in claims if c.state == "claimed"), key=lambda c: c.job.get("time", 0))
-        granted = self.store.take_tokens(len(claimed)) if claimed else 0
-        published = [c.jid for c in claimed[:granted] if self._publish(minion, c, served)]
-        self.store.mark_published(minion, published)
-        for claim in claimed[granted:]:
-            self.store.release(claim.jid, minion)
-            served.deferred.append(claim.jid)
-        if served.deferred:
-            served.later(now + max(0.05, len(served.deferred) / self.conf.max_replays_per_second))
-        if served.failed:
-            served.later(now + 5)
-        for claim in claims:
-            if claim.state == "leased":  # another engine is on it; look again when its lease lapses
-                served.later(claim.until_ms / 1000 + 0.05)
-            elif claim.state in ("exhausted", "interrupted"):
-                self._settled(minion, claim, served)
-        unqueue = [c.jid for c in claims if c.state not in ("claimed", "leased", "sent", "running") and c.jid in queued]
-        self.store.dequeue(minion, unqueue)
-        self.store.count("exhausted", len(served.exhausted))
-        self.store.count("interrupted", len(served.interrupted))
-        return served
+        view = self.store.take(self.engine, minion)
+        if view is None:  # another engine holds it
+            return Step()
+        if view.pend_ms or not view.proc:
+            return Step(probe=True, pend_ms=view.pend_ms)
+        looks = self.store.look(minion, view) if view.queue else []
+        self.store.dequeue(minion, [lk.jid for lk in looks if lk.state == "done"])
+        live = [lk for lk in looks if lk.state != "done"]
+        current = next((lk for lk in live if lk.jid == view.cur), None)
+        again = None
+        if current is not None and current.state == "sent":
+            if view.now_ms < view.wait_ms:
+                return Step(view.wait_ms, waiting_for=self._waiting_for(current))
+            if view.acks and not current.acked:  # an acknowledging minion never saw it: send it again
+                again = current
+            else:
+                log.info("job_retry: %s still running %s after replay_wait; next job goes out", minion, current.jid)
+        candidates = [lk for lk in live if lk.state in ("owed", "refused", "acked") or lk is again]
+        candidates = self._supersede(minion, candidates)
+        if not candidates:
+            self.store.seq_set(self.engine, minion, cur="", wait="")
+            return Step()
+        return self._send(minion, view, candidates[0], "again" if candidates[0] is again else "claim")
 
-    def _settled(self, minion: str, claim: Claim, served: Served) -> None:
+    def _waiting_for(self, look: Look) -> tuple[str, ...]:
+        return (look.jid,)
+
+    def _send(self, minion: str, view: SeqView, head: Look, mode: str) -> Step:
+        if head.state == "refused" and head.sent_ms:
+            hold = head.sent_ms + refusal_backoff_ms(head.refusals)
+            if view.now_ms < hold:
+                return Step(hold)
+        if not self.store.take_tokens(1):
+            return Step(view.now_ms + math.ceil(1000 / self.conf.max_replays_per_second))
+        if not self.store.seq_set(self.engine, minion, cur=head.jid, wait=f"+{self.wait_ms}"):
+            return Step()  # another engine took the sequence over meanwhile
+        claim = self.store.claim(minion, view, head.jid, head.published, mode)
+        if claim.state in ("exhausted", "interrupted"):
+            self._settled(minion, claim)
+            return Step(view.now_ms)
+        if claim.state != "claimed":
+            return Step(view.now_ms)  # it changed under us: look again
+        pub_jid = self._publish(minion, claim)
+        if not pub_jid:
+            self.store.release(claim.jid, minion, claim.kind)
+            self.store.seq_set(self.engine, minion, cur="", wait="")
+            return Step(view.now_ms + PUBLISH_FAILED_RETRY_MS)
+        self.store.count("replays" if claim.kind == "attempt" else "refusals", 1)
+        return Step(view.now_ms + self.wait_ms, waiting_for=tuple({claim.jid, pub_jid}), published=claim.jid)
+
+    def _supersede(self, minion: str, candidates: list[Look]) -> list[Look]:
+        keys = {lk.jid: supersede_key(lk.job, self.conf.supersede_functions) for lk in candidates}
+        newest = {key: lk.jid for lk in candidates if (key := keys[lk.jid])}  # oldest first: the last wins
+        kept = []
+        for lk in candidates:
+            key = keys[lk.jid]
+            if key is None or newest[key] == lk.jid:
+                kept.append(lk)
+                continue
+            if self.store.settle(lk.jid, minion, "superseded", newest[key]):
+                log.info("job_retry: %s owed %s; superseded by %s", minion, lk.jid, newest[key])
+                fire_action(self.fire, "superseded", lk.jid, minion, by=newest[key])
+                self.store.count("superseded", 1)
+            self.store.dequeue(minion, [lk.jid])
+        return kept
+
+    def _settled(self, minion: str, claim: Claim) -> None:
+        self.store.dequeue(minion, [claim.jid])
+        self.store.count(claim.state, 1)
         if claim.state == "exhausted":
             log.warning("job_retry: %s owed %s after %d replays; giving up", minion, claim.jid, claim.attempt)
             fire_action(self.fire, "exhausted", claim.jid, minion, attempts=claim.attempt)
-            served.exhausted.append(claim.jid)
         else:
             log.warning("job_retry: %s restarted while running %s; marked interrupted", minion, claim.jid)
             fire_action(self.fire, "interrupted", claim.jid, minion)
-            served.interrupted.append(claim.jid)
 
-    def _publish(self, minion: str, claim: Claim, served: Served) -> bool:
+    def _publish(self, minion: str, claim: Claim) -> str:
+        """Publish the claimed replay; returns the jid it went out under, or '' if it failed."""
         fun = claim.job.get("fun")
         pub_jid, extra = claim.jid, {}
         try:
-            if self.conf.replay_jid == "new" and self.new_jid is not None:
+            # A refused run's jid is in the minion's jid queue: the same jid would be dropped.
+            if (self.conf.replay_jid == "new" or claim.kind == "refusal") and self.new_jid is not None:
                 pub_jid, extra = self.new_jid(), {"orig_jid": claim.jid}
                 self.store.register_alias(pub_jid, claim.jid)
             self.publish(minion, pub_jid, claim.job, claim.attempt, extra)
         except Exception as exc:  # one failed publish must not stop the rest
             log.error("job_retry: replay of %s (%s) to %s failed: %s", claim.jid, fun, minion, exc)
-            self.store.release(claim.jid, minion)
-            served.failed.append(claim.jid)
-            return False
+            return ""
         log.info("job_retry: replayed %s (%s) to %s, attempt %d", claim.jid, fun, minion, claim.attempt)
         data = {"fun": fun, "attempt": claim.attempt, **({"replay_jid": pub_jid} if pub_jid != claim.jid else {})}
+        if claim.kind == "refusal":
+            data["after_refusal"] = True
         fire_action(self.fire, "replayed", claim.jid, minion, **data)
-        served.replayed.append(claim.jid)
-        return True
+        return pub_jid
 
     def sweep(self, progress: Callable[[int], None] | None = None) -> list[tuple[str, str, dict]]:
         """Queue what came due and fire a ``queued`` event per newly queued pair."""
@@ -131,14 +206,18 @@ class Replayer:
 
 class EngineLoop:
     """
-    One master's replay engine: start events in, replays and sweeps out.
+    One master's replay engine: its bus in, replays and sweeps out.
 
-    A start event is first written to Redis (``P:starts``), then served; so a
-    start survives an engine crash and any engine sharing the Redis can serve it.
+    Start events of this master's minions are written to Redis first (the minion's
+    sequence and this engine's work set), then served. Returns and acks matter only
+    for replays in flight, and refusals only of state runs: every other event costs
+    no Redis call. Redis is polled at most once a second when idle.
     """
 
     MAX_BACKOFF = 30.0
-    STARTS_PER_PASS = 200
+    DUE_PER_PASS = 200
+    IDLE_POLL = 1.0
+    PROBE_TRIES = 3
 
     def __init__(
         self,
@@ -146,23 +225,36 @@ class EngineLoop:
         next_event: Callable[[float], dict | None],
         interval: float,
         recorder: Any = None,
+        probe: Probe | None = None,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
     ):
         self.replayer = replayer
         self.store = replayer.store
+        self.conf = replayer.conf
+        self.engine = replayer.engine
         self.next_event = next_event
         self.interval = interval
-        self.recorder = recorder  # drains the returner's spool once Redis is back
+        self.recorder = recorder  # writes the events the engine acts on; drains the spool
+        self.probe = probe
         self.clock = clock
         self.sleep = sleep
         self.next_sweep = clock()
-        self.unnoted: dict[str, int] = {}  # starts seen but not yet written to Redis
-        self.not_before: dict[str, float] = {}  # minion -> epoch s before which not to serve it
+        self.next_poll = 0.0
+        self.next_beat = 0.0
+        self.next_adopt = 0.0
+        self.next_spool_check = 0.0
+        self.starts: dict[str, tuple[int, str]] = {}  # seen, not yet written: minion -> (stamp ms, pid)
+        self.noted: list[dict] = []  # returns/acks/refusals to write before acting on them
+        self.refused: list[tuple[str, str]] = []
+        self.acked: set[str] = set()
+        self.woken: set[str] = set()
+        self.waiting: dict[str, tuple[str, ...]] = {}  # minion -> jids whose return wakes it
+        self.unverified: dict[str, int] = {}  # minion -> probe failures, for adopted/unidentified ones
         self.backoff = 0.0
 
     def step(self) -> None:
-        """Handle at most one event, then serve due starts and sweeps. Never raises."""
+        """Handle at most one event, then do what is due. Never raises."""
         try:
             event = self.next_event(self._wait())
             if event:
@@ -172,33 +264,60 @@ class EngineLoop:
             self._fail(exc)
 
     def handle(self, tag: Any, data: Any) -> None:
-        if not isinstance(tag, str):
+        """Sort one bus event; no Redis I/O here."""
+        if not isinstance(tag, str) or not isinstance(data, dict):
             return
-        # The master's stamp on the event, not when this engine got to it: every engine
-        # (and a slow one) must agree on when the minion process started.
-        now_ms = int(self.store.clock() * 1000)
-        if isinstance(data, dict) and isinstance(data.get("_stamp"), str):
-            now_ms = int(event_time(data) * 1000)
+        if tag.startswith("salt/job/"):
+            self._job_event(tag, data)
+            return
         match = START_TAG.match(tag)
         if match:
-            self.unnoted[match.group(1)] = now_ms
-        elif tag == PRESENCE_TAG and self.replayer.conf.replay_on_presence and isinstance(data, dict):
+            grains = data.get("grains")
+            pid = grains.get("pid") if isinstance(grains, dict) else None
+            self._start(match.group(1), data, str(pid) if isinstance(pid, int) else "")
+        elif tag == PRESENCE_TAG and self.conf.replay_on_presence:
             for minion in data.get("new") or ():
                 if isinstance(minion, str):
-                    self.unnoted[minion] = now_ms
+                    self._start(minion, data, "")
+
+    def _start(self, minion: str, data: dict, pid: str) -> None:
+        # The master's stamp, not when this engine got to it: engines must agree.
+        stamp = int(event_time(data) * 1000)
+        if stamp >= self.starts.get(minion, (0, ""))[0]:
+            self.starts[minion] = (stamp, pid)
+
+    def _job_event(self, tag: str, data: dict) -> None:
+        parts = tag.split("/", 4)  # salt/job/<jid>/ret|start/<id>
+        if len(parts) != 5 or parts[3] not in ("ret", "start"):
+            return
+        jid, minion = parts[2], parts[4]
+        if jid in self.waiting.get(minion, ()):
+            self.noted.append({"tag": tag, "data": data})
+            self.woken.add(minion)
+            if parts[3] == "start":
+                self.acked.add(minion)
+        elif parts[3] == "ret" and is_refusal(data):
+            self.noted.append({"tag": tag, "data": data})
+            self.refused.append((replay_origin(data) or jid, minion))
 
     def _wait(self) -> float:
-        soon = self.store.clock() + 0.05
-        busy = self.unnoted or any(t <= soon for t in self.not_before.values())
-        return 0.05 if busy else 1.0
+        if self.starts or self.woken or self.noted:
+            return 0.0
+        return max(0.0, min(self.IDLE_POLL, self.next_poll - self.clock()))
 
     def _maintain(self) -> None:
-        if self.unnoted:
-            self.store.note_starts(self.unnoted)
-            self.unnoted.clear()
-        if self.recorder is not None and self.recorder.spool.has_data() and not self.recorder.flush_spool():
-            raise RedisUnavailable(f"Redis unreachable at {self.replayer.conf.redis_display} (spool not drained)")
-        self._serve_due_starts()
+        now = self.clock()
+        self._write_noted()
+        if self.starts:
+            self._note_starts()
+        if now >= self.next_beat:
+            self._heartbeat(now)
+        if self.recorder is not None and now >= self.next_spool_check:
+            self.next_spool_check = now + self.IDLE_POLL
+            if self.recorder.spool.has_data() and not self.recorder.flush_spool():
+                raise RedisUnavailable(f"Redis unreachable at {self.conf.redis_display} (spool not drained)")
+        if self.woken or now >= self.next_poll:
+            self._serve_due()
         if self.clock() >= self.next_sweep:
             self.replayer.sweep()
             self.next_sweep = self.clock() + self.interval
@@ -206,24 +325,82 @@ class EngineLoop:
             log.warning("job_retry: Redis is reachable again; engine resumed")
             self.backoff = 0.0
 
-    def _serve_due_starts(self) -> None:
-        now = self.store.clock()
-        due = self.store.due_starts(self.STARTS_PER_PASS)
-        names = {minion for minion, _ in due}
-        self.not_before = {m: t for m, t in self.not_before.items() if m in names}  # others were served elsewhere
-        for minion, started_ms in due:
-            if self.not_before.get(minion, 0) > now:
+    def _write_noted(self) -> None:
+        if self.noted and self.recorder is not None:
+            self.recorder.record(self.noted)  # idempotent: the returner writes them too
+        self.noted = []
+        if self.refused:
+            self.store.enqueue_refused(self.engine, self.refused)
+            self.woken.update(m for _, m in self.refused)
+            self.refused = []
+        for minion in self.acked:
+            self.store.seq_set(self.engine, minion, acks="1")
+        self.acked = set()
+
+    def _note_starts(self) -> None:
+        starts, self.starts = self.starts, {}
+        answers = self.store.note_starts(self.engine, starts)
+        for minion, answer in answers.items():
+            log.info("job_retry: %s connected (%s)", minion, answer[0])
+            self.woken.add(minion)
+
+    def _heartbeat(self, now: float) -> None:
+        self.next_beat = now + min(self.IDLE_POLL, self.conf.claim_lease / 3)
+        dead = self.store.heartbeat(self.engine, int(self.conf.claim_lease * 3000))
+        if now < self.next_adopt:
+            return
+        self.next_adopt = now + self.interval
+        for other in dead:
+            adopted = self.store.adopt(self.engine, other)
+            if adopted:
+                log.warning("job_retry: engine %s went silent; taking over %d minion(s)", other, len(adopted))
+            for minion in adopted:  # is it connected to this master? ask before publishing
+                self.unverified.setdefault(minion, 0)
+                self.woken.add(minion)
+
+    def _serve_due(self) -> None:
+        redis_now, due, nxt = self.store.take_due(self.engine, self.DUE_PER_PASS)
+        woken, self.woken = self.woken, set()
+        to_probe: dict[str, int] = {}
+        for minion in dict.fromkeys([*due, *woken]):
+            if minion in self.unverified:
+                to_probe[minion] = 0
                 continue
-            served = self.replayer.serve(minion, started_ms)
-            if served.replayed or served.exhausted or served.interrupted:
-                log.info("job_retry: served start of %s: %s", minion, served)
-            if served.retry_at is None:
-                self.store.finish_start(minion, started_ms)
-                self.not_before.pop(minion, None)
+            step = self.replayer.step(minion)
+            if step.probe:
+                to_probe[minion] = step.pend_ms
             else:
-                self.not_before[minion] = served.retry_at
-            if served.deferred:  # the fleet-wide rate limit is spent for now
-                return
+                self._schedule(minion, step)
+        if to_probe:
+            self._identify(to_probe, redis_now)
+        wait = (nxt - redis_now) / 1000 if nxt is not None else self.IDLE_POLL
+        self.next_poll = self.clock() + (0 if len(due) >= self.DUE_PER_PASS else min(self.IDLE_POLL, max(0, wait)))
+
+    def _schedule(self, minion: str, step: Step) -> None:
+        self.store.schedule(self.engine, minion, step.due_ms)
+        if step.due_ms is None or not step.waiting_for:
+            self.waiting.pop(minion, None)
+        else:
+            self.waiting[minion] = step.waiting_for
+
+    def _identify(self, minions: dict[str, int], redis_now: int) -> None:
+        """Ask minions for their pid through this master: it names the process and proves the connection."""
+        pids = self.probe(list(minions), self.conf.probe_timeout) if self.probe else {}
+        answered = {m: (stamp, pids[m]) for m, stamp in minions.items() if pids.get(m)}
+        if answered:
+            self.store.note_starts(self.engine, answered)
+            self.woken.update(answered)
+        for minion in answered:
+            self.unverified.pop(minion, None)
+        for minion in set(minions) - set(answered):
+            tries = self.unverified.get(minion, 0) + 1
+            if tries >= self.PROBE_TRIES:
+                log.warning("job_retry: %s did not answer through this master; leaving it to its next start", minion)
+                self.unverified.pop(minion, None)
+                self.store.schedule(self.engine, minion, None)
+            else:
+                self.unverified[minion] = tries
+                self.store.schedule(self.engine, minion, redis_now + int(self.conf.probe_timeout * 1000))
 
     def _fail(self, exc: Exception) -> None:
         self.backoff = min(self.MAX_BACKOFF, max(1.0, self.backoff * 2))

@@ -127,6 +127,43 @@ def probe(opts: dict, minions: list[str], jid: str, timeout: float) -> tuple[set
     return idle, running
 
 
+def engine_id(opts: dict) -> str:
+    """This master's engine, as other engines sharing the Redis know it."""
+    return f"{opts.get('id')}@{opts.get('interface')}:{opts.get('ret_port')}"
+
+
+def minion_pids(opts: dict, minions: list[str], timeout: float) -> dict[str, str]:
+    """
+    Ask minions for their process id (grains.item pid) through this master.
+
+    An answer identifies the minion process and proves it is connected to this
+    master; minions that do not answer within `timeout` are left out.
+    """
+    import salt.client
+
+    if not minions:
+        return {}
+    client = salt.client.get_local_client(mopts=opts)
+    pids: dict[str, str] = {}
+    try:
+        pub = client.run_job(minions, "grains.item", arg=["pid"], tgt_type="list", listen=True)
+        probe_jid = pub.get("jid") if pub else None
+        if not probe_jid:
+            return pids
+        deadline = time.monotonic() + timeout
+        for raw in client.get_returns_no_block(f"salt/job/{probe_jid}"):
+            data = raw.get("data") if raw else None
+            if isinstance(data, dict) and data.get("id") in minions and isinstance(data.get("return"), dict):
+                pid = data["return"].get("pid")
+                if isinstance(pid, int):
+                    pids[data["id"]] = str(pid)
+            if len(pids) >= len(minions) or time.monotonic() > deadline:
+                break
+    finally:
+        client.destroy()
+    return pids
+
+
 def accepted_minions(opts: dict) -> set[str]:
     """Minion ids with an accepted key (to tell an unknown id from an idle one)."""
     import salt.key

@@ -103,38 +103,152 @@ if #out > 0 then redis.call('EXPIRE', KEYS[3], ARGV[1]) end
 return out
 """
 
-_CLAIM = """
--- KEYS: job, targets, returned, retry
--- ARGV: minion, now_ms, lease_until_ms, max_attempts, ttl, started_ms, replay_interrupted
--- started_ms is when the minion's current process started: a replay published or
--- acknowledged after it reached that process, and is not sent again.
-local m = ARGV[1]
-if redis.call('SISMEMBER', KEYS[3], m) == 1 then return {'returned'} end
-if redis.call('SISMEMBER', KEYS[2], m) == 0 then return {'unknown'} end
-local final = redis.call('HGET', KEYS[4], 'x:' .. m)
-if final then return {'final', final} end
-local job = redis.call('GET', KEYS[1])
-if not job then return {'expired'} end
-local started = tonumber(ARGV[6])
-local delivered = tonumber(redis.call('HGET', KEYS[4], 'd:' .. m) or '0')
-if delivered >= started then return {'running'} end
-local lease = tonumber(redis.call('HGET', KEYS[4], 'l:' .. m) or '0')
-if lease > tonumber(ARGV[2]) then return {'leased', lease} end
-if tonumber(redis.call('HGET', KEYS[4], 'p:' .. m) or '0') >= started then return {'sent'} end
-redis.call('EXPIRE', KEYS[4], ARGV[5])
-if delivered > 0 and ARGV[7] ~= '1' then
-  redis.call('HSET', KEYS[4], 'x:' .. m, 'interrupted')
-  return {'interrupted'}
+# Every script that compares times reads Redis' own clock, so masters whose clocks
+# disagree still agree on leases and deadlines. ARGV "now" overrides it (tests only).
+_NOW = """
+local function now_ms(arg)
+  if arg ~= nil and arg ~= '' then return tonumber(arg) end
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
-local n = tonumber(redis.call('HGET', KEYS[4], 'a:' .. m) or '0')
-if n >= tonumber(ARGV[4]) then
-  redis.call('HSET', KEYS[4], 'x:' .. m, 'exhausted')
-  return {'exhausted', n}
-end
-redis.call('HSET', KEYS[4], 'a:' .. m, n + 1, 'l:' .. m, ARGV[3])
-redis.call('HDEL', KEYS[4], 'd:' .. m)
-return {'claimed', n + 1, job}
 """
+
+_NOTE_START = (
+    _NOW
+    + """
+-- KEYS: seq   ARGV: engine, pid ('' = not known yet), stamp_ms, lease_ms, ttl, now
+-- A minion's (re)connection seen by `engine`. The pid tells a new process from the
+-- same process seen again (another master, failover, a master restart).
+local seq, engine, pid, stamp = KEYS[1], ARGV[1], ARGV[2], tonumber(ARGV[3])
+local now = now_ms(ARGV[6])
+local f = redis.call('HMGET', seq, 'proc', 'owner', 'lease', 'born', 'pend')
+local proc, owner, lease, born = f[1], f[2], tonumber(f[3] or '0'), tonumber(f[4] or '0')
+redis.call('EXPIRE', seq, ARGV[5])
+if pid == '' then
+  if stamp > tonumber(f[5] or '-1') then redis.call('HSET', seq, 'pend', stamp) end
+  return {'resolve'}
+end
+if tonumber(f[5] or '-1') <= stamp then redis.call('HDEL', seq, 'pend') end
+if proc == pid then
+  if stamp > tonumber(redis.call('HGET', seq, 'started') or '0') then redis.call('HSET', seq, 'started', stamp) end
+  if owner == engine or not owner or lease < now then
+    redis.call('HSET', seq, 'owner', engine, 'lease', now + tonumber(ARGV[4]))
+    return {'same'}
+  end
+  return {'same-owned', owner}
+end
+if proc and stamp < born then return {'stale'} end
+redis.call('HSET', seq, 'proc', pid, 'born', stamp, 'started', stamp, 'owner', engine, 'lease', now + tonumber(ARGV[4]))
+redis.call('HDEL', seq, 'wait')
+return {'new'}
+"""
+)
+
+_SEQ_TAKE = (
+    _NOW
+    + """
+-- KEYS: seq, queue   ARGV: engine, lease_ms, peek, ttl, now
+-- The minion's replay sequence for `engine`: {'mine', now, fields..., queue head} or
+-- {'other', owner} while another engine's lease on it is live.
+local seq, engine = KEYS[1], ARGV[1]
+local now = now_ms(ARGV[5])
+local owner = redis.call('HGET', seq, 'owner')
+local lease = tonumber(redis.call('HGET', seq, 'lease') or '0')
+if owner and owner ~= engine and lease >= now then return {'other', owner} end
+redis.call('HSET', seq, 'owner', engine, 'lease', now + tonumber(ARGV[2]))
+redis.call('EXPIRE', seq, ARGV[4])
+local f = redis.call('HMGET', seq, 'proc', 'started', 'cur', 'wait', 'acks', 'pend')
+local head = redis.call('ZRANGE', KEYS[2], 0, tonumber(ARGV[3]) - 1, 'WITHSCORES')
+return {'mine', now, f[1] or '', f[2] or '0', f[3] or '', f[4] or '0', f[5] or '', f[6] or '', head}
+"""
+)
+
+_SEQ_SET = (
+    _NOW
+    + """
+-- KEYS: seq   ARGV: engine, ttl, now, field, value, ...  (value '' deletes the field)
+-- Only the engine that holds the sequence may move it.
+if redis.call('HGET', KEYS[1], 'owner') ~= ARGV[1] then return 0 end
+local now = now_ms(ARGV[3])
+for i = 4, #ARGV, 2 do
+  local value = ARGV[i + 1]
+  if value == '' then redis.call('HDEL', KEYS[1], ARGV[i])
+  else
+    if string.sub(value, 1, 1) == '+' then value = now + tonumber(string.sub(value, 2)) end
+    redis.call('HSET', KEYS[1], ARGV[i], value)
+  end
+end
+redis.call('EXPIRE', KEYS[1], ARGV[2])
+return now
+"""
+)
+
+_PAIR = (
+    _NOW
+    + """
+-- KEYS: job, targets, returned, retry
+-- ARGV: minion, proc, started_ms, published_ms, mode, max_attempts, replay_interrupted,
+--       ttl, max_refusals, now
+-- Where one (jid, minion) stands for the minion process `proc` that connected at
+-- started_ms; mode 'look' only reads, 'claim'/'again' take the next replay.
+--   done      returned, final, expired, or not a target: drop it from the queue
+--   sent      already published to this process (by a replay): wait for its return
+--   after     published after the process connected: Salt delivered it
+--   refused   the last delivery returned Salt's "state run already running" refusal
+--   acked     acknowledged by an older process, which died before returning
+--   owed      never reached this process: the next replay
+local m, proc, mode = ARGV[1], ARGV[2], ARGV[5]
+if redis.call('SISMEMBER', KEYS[3], m) == 1 then return {'done', 'returned'} end
+if redis.call('SISMEMBER', KEYS[2], m) == 0 then return {'done', 'unknown'} end
+local r = KEYS[4]
+local f = redis.call('HMGET', r, 'x:' .. m, 'p:' .. m, 't:' .. m, 'k:' .. m, 'd:' .. m, 'a:' .. m, 'c:' .. m)
+if f[1] then return {'done', f[1]} end
+local job = redis.call('GET', KEYS[1])
+if not job then return {'done', 'expired'} end
+local p, t, k, d = f[2], f[3], f[4], f[5]
+local n, c = tonumber(f[6] or '0'), tonumber(f[7] or '0')
+local state = 'owed'
+if k and k == (t or '0') then state = 'refused'
+elseif p == proc then state = 'sent'
+elseif d and p then state = 'acked'
+elseif tonumber(ARGV[4]) > tonumber(ARGV[3]) then state = 'after' end
+if mode == 'look' then return {state, n, d and 1 or 0, job, t or '0', c} end
+local ttl = redis.call('PTTL', KEYS[1])
+if ttl < 1 then ttl = tonumber(ARGV[8]) * 1000 end
+local now = now_ms(ARGV[10])
+if state == 'acked' then
+  if ARGV[7] ~= '1' then
+    redis.call('HSET', r, 'x:' .. m, 'interrupted')
+    redis.call('PEXPIRE', r, ttl)
+    return {'interrupted', n}
+  end
+  state = 'owed'
+end
+if state == 'refused' then
+  if c >= tonumber(ARGV[9]) then
+    redis.call('HSET', r, 'x:' .. m, 'exhausted')
+    redis.call('PEXPIRE', r, ttl)
+    return {'exhausted', n}
+  end
+  redis.call('HSET', r, 'c:' .. m, c + 1, 'p:' .. m, proc, 't:' .. m, now)
+  redis.call('HDEL', r, 'k:' .. m, 'd:' .. m)
+  redis.call('PEXPIRE', r, ttl)
+  return {'claimed', n, job, 'refusal'}
+end
+if state == 'owed' or (mode == 'again' and state == 'sent') then
+  if n >= tonumber(ARGV[6]) then
+    redis.call('HSET', r, 'x:' .. m, 'exhausted')
+    redis.call('PEXPIRE', r, ttl)
+    return {'exhausted', n}
+  end
+  redis.call('HSET', r, 'a:' .. m, n + 1, 'p:' .. m, proc, 't:' .. m, now)
+  redis.call('HDEL', r, 'd:' .. m, 'k:' .. m)
+  redis.call('PEXPIRE', r, ttl)
+  return {'claimed', n + 1, job, 'attempt'}
+end
+return {state, n}
+"""
+)
 
 _RECORD_DELIVERY = """
 -- KEYS: targets, returned, retry   ARGV: ttl, minion, now_ms
@@ -145,19 +259,53 @@ redis.call('EXPIRE', KEYS[3], ARGV[1])
 return 1
 """
 
-_MARK_PUBLISHED = """
--- KEYS: retry   ARGV: minion, now_ms, ttl
-redis.call('HSET', KEYS[1], 'p:' .. ARGV[1], ARGV[2])
-redis.call('HDEL', KEYS[1], 'l:' .. ARGV[1])
-redis.call('EXPIRE', KEYS[1], ARGV[3])
+_RECORD_REFUSAL = """
+-- KEYS: targets, returned, retry   ARGV: ttl, minion
+-- Salt refused to start the job (another state run was running): not a return. The
+-- marker names the delivery it refused ('0': the original publish), so a later
+-- replay of the pair clears it.
+local m = ARGV[2]
+if redis.call('SISMEMBER', KEYS[1], m) == 0 then return 0 end
+if redis.call('SISMEMBER', KEYS[2], m) == 1 then return 0 end
+if redis.call('HEXISTS', KEYS[3], 'x:' .. m) == 1 then return 0 end
+redis.call('HSET', KEYS[3], 'k:' .. m, redis.call('HGET', KEYS[3], 't:' .. m) or '0')
+redis.call('EXPIRE', KEYS[3], ARGV[1])
 return 1
 """
 
-_FINISH_START = """
--- KEYS: starts   ARGV: minion, started_ms.  Only if no newer start arrived meanwhile.
-local score = redis.call('ZSCORE', KEYS[1], ARGV[1])
-if score and tonumber(score) <= tonumber(ARGV[2]) then return redis.call('ZREM', KEYS[1], ARGV[1]) end
-return 0
+_TAKE_DUE = (
+    _NOW
+    + """
+-- KEYS: active   ARGV: limit, now.  Minions due now, and the next due time after them.
+local now = now_ms(ARGV[2])
+local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, tonumber(ARGV[1]))
+local nxt = redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. now, '+inf', 'WITHSCORES', 'LIMIT', 0, 1)
+return {now, due, nxt[2] or ''}
+"""
+)
+
+_HEARTBEAT = (
+    _NOW
+    + """
+-- KEYS: engines   ARGV: engine, dead_after_ms, ttl, now.  Returns engines gone silent.
+local now = now_ms(ARGV[4])
+redis.call('ZADD', KEYS[1], now, ARGV[1])
+redis.call('EXPIRE', KEYS[1], ARGV[3])
+return redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now - tonumber(ARGV[2]))
+"""
+)
+
+_ADOPT = """
+-- KEYS: dead engine's active set, my active set, engines   ARGV: dead engine, ttl
+-- Take over the minions a silent engine was serving; each is re-checked before use.
+local moved = redis.call('ZRANGE', KEYS[1], 0, -1, 'WITHSCORES')
+for i = 1, #moved, 2 do redis.call('ZADD', KEYS[2], 'NX', moved[i + 1], moved[i]) end
+redis.call('DEL', KEYS[1])
+redis.call('ZREM', KEYS[3], ARGV[1])
+if #moved > 0 then redis.call('EXPIRE', KEYS[2], ARGV[2]) end
+local out = {}
+for i = 1, #moved, 2 do out[#out + 1] = moved[i] end
+return out
 """
 
 _TAKE_TOKENS = """
@@ -174,11 +322,30 @@ return granted
 """
 
 _RELEASE = """
--- KEYS: retry   ARGV: minion.  Undo a claim whose publish failed.
-local n = tonumber(redis.call('HGET', KEYS[1], 'a:' .. ARGV[1]) or '0')
-if n > 0 then redis.call('HSET', KEYS[1], 'a:' .. ARGV[1], n - 1) end
-redis.call('HDEL', KEYS[1], 'l:' .. ARGV[1])
-return n
+-- KEYS: retry   ARGV: minion, kind ('attempt' | 'refusal').  Undo a claim whose publish failed.
+local m = ARGV[1]
+if ARGV[2] == 'attempt' then
+  local n = tonumber(redis.call('HGET', KEYS[1], 'a:' .. m) or '0')
+  if n > 0 then redis.call('HSET', KEYS[1], 'a:' .. m, n - 1) end
+  redis.call('HDEL', KEYS[1], 'p:' .. m, 't:' .. m)
+else
+  local c = tonumber(redis.call('HGET', KEYS[1], 'c:' .. m) or '0')
+  if c > 0 then redis.call('HSET', KEYS[1], 'c:' .. m, c - 1) end
+  redis.call('HSET', KEYS[1], 'k:' .. m, redis.call('HGET', KEYS[1], 't:' .. m) or '0')
+end
+return 1
+"""
+
+_SETTLE = """
+-- KEYS: targets, returned, retry   ARGV: minion, final state, by jid (or ''), ttl
+local m = ARGV[1]
+if redis.call('SISMEMBER', KEYS[1], m) == 0 then return 0 end
+if redis.call('SISMEMBER', KEYS[2], m) == 1 then return 0 end
+if redis.call('HEXISTS', KEYS[3], 'x:' .. m) == 1 then return 0 end
+redis.call('HSET', KEYS[3], 'x:' .. m, ARGV[2])
+if ARGV[3] ~= '' then redis.call('HSET', KEYS[3], 's:' .. m, ARGV[3]) end
+redis.call('EXPIRE', KEYS[3], ARGV[4])
+return 1
 """
 
 _FLUSH = """
@@ -207,14 +374,20 @@ return missing
 SCRIPTS = {
     "record_new": _RECORD_NEW,
     "record_return": _RECORD_RETURN,
+    "record_delivery": _RECORD_DELIVERY,
+    "record_refusal": _RECORD_REFUSAL,
     "sweep_job": _SWEEP_JOB,
-    "claim": _CLAIM,
+    "note_start": _NOTE_START,
+    "seq_take": _SEQ_TAKE,
+    "seq_set": _SEQ_SET,
+    "pair": _PAIR,
     "release": _RELEASE,
+    "settle": _SETTLE,
     "flush": _FLUSH,
     "retry_reset": _RETRY_RESET,
-    "record_delivery": _RECORD_DELIVERY,
-    "mark_published": _MARK_PUBLISHED,
-    "finish_start": _FINISH_START,
+    "take_due": _TAKE_DUE,
+    "heartbeat": _HEARTBEAT,
+    "adopt": _ADOPT,
     "take_tokens": _TAKE_TOKENS,
 }
 SHAS = {name: hashlib.sha1(body.encode()).hexdigest() for name, body in SCRIPTS.items()}
@@ -272,12 +445,39 @@ def _text(value: bytes | str) -> str:
 @dataclass
 class Claim:
     jid: str
-    # claimed | exhausted | interrupted | returned | unknown | expired | leased | sent | running
-    # | flushed (and any other final state)
-    state: str
+    state: str  # claimed | exhausted | interrupted | done | sent | after | (see _PAIR)
     attempt: int = 0
     job: dict | None = None
-    until_ms: int = 0  # for leased: when the other claim lapses
+    kind: str = ""  # for claimed: "attempt" (a replay) or "refusal" (again after a refusal)
+
+
+@dataclass
+class SeqView:
+    """A minion's replay sequence as one engine holds it (times in Redis-clock ms)."""
+
+    now_ms: int
+    proc: str  # the minion process being served ('' until known)
+    started_ms: int  # when that process last connected
+    cur: str  # the replay in flight ('' when none)
+    wait_ms: int  # how long to wait for cur's return
+    acks: bool  # the minion has acknowledged replays before (Salt 3008 start events)
+    pend_ms: int  # stamp of a (re)connection whose process is not identified yet (0: none)
+    queue: list[tuple[str, float]]  # (jid, published epoch s), oldest first
+
+
+@dataclass
+class Look:
+    """Where one queued job stands for the current process (see _PAIR)."""
+
+    jid: str
+    published: float
+    state: str
+    attempts: int = 0
+    acked: bool = False
+    job: dict | None = None
+    sent_ms: int = 0
+    refusals: int = 0
+    final: str = ""
 
 
 class Keys:
@@ -287,10 +487,12 @@ class Keys:
         self.prefix = prefix
         self.unswept = f"{prefix}:unswept"
         self.queues = f"{prefix}:queues"
-        self.starts = f"{prefix}:starts"
         self.rate = f"{prefix}:rate"
         self.jobs = f"{prefix}:jobs"
         self.stats = f"{prefix}:stats"
+        # The engines' registry and work sets share one hash tag, so adopting a silent
+        # engine's minions is one script.
+        self.engines = f"{prefix}:{{active}}:engines"
 
     def job(self, jid: str) -> str:
         return f"{self.prefix}:{{{jid}}}:job"
@@ -307,10 +509,19 @@ class Keys:
     def alias(self, jid: str) -> str:
         return f"{self.prefix}:{{{jid}}}:alias"
 
+    def _minion(self, minion: str) -> str:
+        # Percent-encoding keeps ':', '{', '}', spaces and non-ASCII out of key structure;
+        # the minion's keys share one hash tag, so its sequence and queue move together.
+        return f"{self.prefix}:{{m:{quote(minion, safe='')}}}"
+
     def queue(self, minion: str) -> str:
-        # Percent-encoding keeps ':', '{', '}', spaces and non-ASCII out of key
-        # structure and hash tags; the whole key hashes, so queues spread over slots.
-        return f"{self.prefix}:minion:{quote(minion, safe='')}:queue"
+        return f"{self._minion(minion)}:queue"
+
+    def seq(self, minion: str) -> str:
+        return f"{self._minion(minion)}:seq"
+
+    def active(self, engine: str) -> str:
+        return f"{self.prefix}:{{active}}:{quote(engine, safe='')}"
 
 
 class Batch:
@@ -477,8 +688,8 @@ class Store:
             owed.extend((jid, _text(pairs[j]), pairs[j + 1] == 1, job) for j in range(0, len(pairs), 2))
 
         def enqueue(b: Batch) -> None:
-            for jid, minion, _, _ in owed:
-                b.call("ZADD", k.queue(minion), "NX", now, jid)
+            for jid, minion, _, job in owed:  # scored by publish time: the order to replay in
+                b.call("ZADD", k.queue(minion), "NX", job.get("time", now), jid)
                 b.call("EXPIRE", k.queue(minion), ttl)
                 b.call("ZADD", k.queues, now, minion)
             b.call("EXPIRE", k.queues, ttl)
@@ -492,7 +703,11 @@ class Store:
         self.run(enqueue)
         return [(jid, minion, job) for jid, minion, new, job in owed if new]
 
-    # -- replay (engine) --------------------------------------------------------------
+    # -- replay sequence (engine) --------------------------------------------------------
+
+    def now_arg(self) -> str:
+        """'' lets the scripts read Redis' clock; an injected test clock is passed instead."""
+        return "" if self.clock is time.time else str(int(self.clock() * 1000))
 
     def owed_candidates(self, minion: str) -> tuple[list[str], set[str]]:
         """Jids that may be owed to minion: its queue plus every not-yet-swept job."""
@@ -503,41 +718,214 @@ class Store:
         seen = set(queued)
         return queued + [j for j in map(_text, unswept) if j not in seen], seen
 
-    def claim(self, minion: str, jids: list[str], started_ms: int) -> list[Claim]:
-        """Atomically claim a replay of each jid for minion's process started at started_ms (see _CLAIM)."""
-        k, conf = self.keys, self.conf
-        now_ms = int(self.clock() * 1000)
-        lease_ms = now_ms + int(conf.claim_lease * 1000)
-        args = [now_ms, lease_ms, conf.max_attempts, conf.ttl, started_ms, int(conf.replay_interrupted)]
+    def note_starts(self, engine: str, starts: dict[str, tuple[int, str]]) -> dict[str, list[str]]:
+        """
+        Record (re)connections this engine's master saw, as {minion: (stamp_ms, pid or '')},
+        and put each minion on the engine's work set, due now. Returns note_start's answers.
+        """
+        k, conf, now = self.keys, self.conf, self.now_arg()
+        minions = list(starts)
 
         def fill(b: Batch) -> None:
-            for jid in jids:
-                b.script("claim", [k.job(jid), k.targets(jid), k.returned(jid), k.retry(jid)], [minion, *args])
+            for m in minions:
+                stamp, pid = starts[m]
+                b.script("note_start", [k.seq(m)], [engine, pid, stamp, self.lease_ms, conf.ttl, now])
+            if minions:
+                b.call("ZADD", k.active(engine), *[x for m in minions for x in (0, m)])
+                b.call("EXPIRE", k.active(engine), conf.ttl)
 
-        claims = []
-        for jid, result in zip(jids, self.run(fill), strict=True):
-            state = _text(result[0])
-            if state == "final":
-                claims.append(Claim(jid, _text(result[1])))
-            elif state == "claimed":
-                claims.append(Claim(jid, state, int(result[1]), unpack(result[2])))
-            elif state == "leased":
-                claims.append(Claim(jid, state, until_ms=int(result[1])))
-            else:
-                claims.append(Claim(jid, state, int(result[1]) if len(result) > 1 else 0))
-        return claims
+        results = self.run(fill)
+        answers = {m: [_text(x) for x in results[i]] for i, m in enumerate(minions)}
+        self.gather_unswept([m for m, a in answers.items() if a[0] in ("new", "same")])
+        return answers
 
-    def mark_published(self, minion: str, jids: list[str]) -> None:
-        """Record that replays of jids reached the master's publisher (ends their lease)."""
-        now_ms = int(self.clock() * 1000)
-        if jids:
+    def gather_unswept(self, minions: list[str]) -> None:
+        """Queue, for each minion, the not-yet-swept jobs that target it (the sweep has not yet)."""
+        if not minions:
+            return
+        k, ttl = self.keys, self.conf.ttl
+        rows = guard(self.conf, self.client.zrange, k.unswept, 0, -1, False, True)
+        jobs = [(_text(jid), float(score)) for jid, score in rows]
+        if not jobs:
+            return
+        member = self.run(lambda b: [b.call("SISMEMBER", k.targets(j), m) for m in minions for j, _ in jobs])
+        hits = [(m, j, t) for i, (m, (j, t)) in enumerate((m, jt) for m in minions for jt in jobs) if member[i]]
 
-            def fill(b: Batch) -> None:
-                for jid in jids:
-                    b.script("mark_published", [self.keys.retry(jid)], [minion, now_ms, self.conf.ttl])
-                self._count(b, "replays", len(jids))
+        def fill(b: Batch) -> None:
+            for m, jid, published in hits:
+                b.call("ZADD", k.queue(m), "NX", published, jid)
+                b.call("EXPIRE", k.queue(m), ttl)
 
+        if hits:
             self.run(fill)
+
+    @property
+    def lease_ms(self) -> int:
+        return int(self.conf.claim_lease * 1000)
+
+    def take(self, engine: str, minion: str, peek: int = 50) -> SeqView | None:
+        """The minion's sequence, held for `engine`; None while another engine holds it."""
+        k, now = self.keys, self.now_arg()
+        (r,) = self.run(
+            lambda b: b.script(
+                "seq_take", [k.seq(minion), k.queue(minion)], [engine, self.lease_ms, peek, self.conf.ttl, now]
+            )
+        )
+        if _text(r[0]) != "mine":
+            return None
+        head = r[8]
+        return SeqView(
+            now_ms=int(r[1]),
+            proc=_text(r[2]),
+            started_ms=int(float(r[3])),
+            cur=_text(r[4]),
+            wait_ms=int(float(r[5])),
+            acks=bool(_text(r[6])),
+            pend_ms=int(float(r[7] or 0)),
+            queue=[(_text(head[i]), float(head[i + 1])) for i in range(0, len(head), 2)],
+        )
+
+    def _pair_args(self, minion: str, view: SeqView, published: float, mode: str) -> list[Any]:
+        conf = self.conf
+        return [
+            minion,
+            view.proc,
+            view.started_ms,
+            int(published * 1000),
+            mode,
+            conf.max_attempts,
+            int(conf.replay_interrupted),
+            conf.ttl,
+            conf.max_refusals,
+            self.now_arg(),
+        ]
+
+    def _pair_keys(self, jid: str) -> list[str]:
+        k = self.keys
+        return [k.job(jid), k.targets(jid), k.returned(jid), k.retry(jid)]
+
+    def look(self, minion: str, view: SeqView) -> list[Look]:
+        """Where each queued job stands for the minion's current process, oldest first."""
+        entries = view.queue
+        results = self.run(
+            lambda b: [
+                b.script("pair", self._pair_keys(jid), self._pair_args(minion, view, published, "look"))
+                for jid, published in entries
+            ]
+        )
+        looks = []
+        for (jid, published), r in zip(entries, results, strict=True):
+            state = _text(r[0])
+            if state == "done":
+                looks.append(Look(jid, published, state, final=_text(r[1])))
+            else:
+                looks.append(
+                    Look(jid, published, state, int(r[1]), bool(r[2]), unpack(r[3]), int(float(r[4])), int(r[5]))
+                )
+        return looks
+
+    def claim(self, minion: str, view: SeqView, jid: str, published: float, mode: str = "claim") -> Claim:
+        """Atomically take the next replay of jid to the minion's process (see _PAIR)."""
+        (r,) = self.run(
+            lambda b: b.script("pair", self._pair_keys(jid), self._pair_args(minion, view, published, mode))
+        )
+        state = _text(r[0])
+        if state == "claimed":
+            return Claim(jid, state, int(r[1]), unpack(r[2]), kind=_text(r[3]))
+        return Claim(jid, state, int(r[1]) if len(r) > 1 and not isinstance(r[1], bytes) else 0)
+
+    def seq_set(self, engine: str, minion: str, **fields: Any) -> bool:
+        """
+        Move the minion's sequence if `engine` still holds it. A value "+<ms>" is stored
+        as Redis' now plus ms; "" deletes the field.
+        """
+        args: list[Any] = [engine, self.conf.ttl, self.now_arg()]
+        for name, value in fields.items():
+            args += [name, value]
+        (r,) = self.run(lambda b: b.script("seq_set", [self.keys.seq(minion)], args))
+        return bool(r)
+
+    def release(self, jid: str, minion: str, kind: str = "attempt") -> None:
+        self.run(lambda b: b.script("release", [self.keys.retry(jid)], [minion, kind]))
+
+    def settle(self, jid: str, minion: str, state: str, by: str = "") -> bool:
+        """Mark a pair final (superseded, ...) unless it returned or is final already."""
+        k = self.keys
+        (r,) = self.run(
+            lambda b: b.script(
+                "settle", [k.targets(jid), k.returned(jid), k.retry(jid)], [minion, state, by, self.conf.ttl]
+            )
+        )
+        return bool(r)
+
+    def dequeue(self, minion: str, jids: Iterable[str]) -> None:
+        jids = list(jids)
+        if jids:
+            self.run(lambda b: b.call("ZREM", self.keys.queue(minion), *jids))
+
+    def schedule(self, engine: str, minion: str, due_ms: int | None) -> None:
+        """Put the minion on the engine's work set at due_ms (Redis clock), or take it off (None)."""
+        k = self.keys
+        if due_ms is None:
+            self.run(lambda b: b.call("ZREM", k.active(engine), minion))
+        else:
+            self.run(
+                lambda b: (
+                    b.call("ZADD", k.active(engine), due_ms, minion),
+                    b.call("EXPIRE", k.active(engine), self.conf.ttl),
+                )
+            )
+
+    def take_due(self, engine: str, limit: int) -> tuple[int, list[str], int | None]:
+        """(Redis now in ms, minions due, the next due time after them or None)."""
+        (r,) = self.run(lambda b: b.script("take_due", [self.keys.active(engine)], [limit, self.now_arg()]))
+        nxt = _text(r[2])
+        return int(r[0]), [_text(m) for m in r[1]], int(float(nxt)) if nxt else None
+
+    def heartbeat(self, engine: str, dead_after_ms: int) -> list[str]:
+        """Say this engine is alive; returns the engines that have gone silent."""
+        (r,) = self.run(
+            lambda b: b.script("heartbeat", [self.keys.engines], [engine, dead_after_ms, self.conf.ttl, self.now_arg()])
+        )
+        return [_text(e) for e in r if _text(e) != engine]
+
+    def adopt(self, engine: str, dead: str) -> list[str]:
+        """Move a silent engine's minions to this engine's work set."""
+        k = self.keys
+        (r,) = self.run(
+            lambda b: b.script("adopt", [k.active(dead), k.active(engine), k.engines], [dead, self.conf.ttl])
+        )
+        return [_text(m) for m in r]
+
+    def enqueue_refused(self, engine: str, pairs: list[tuple[str, str]]) -> None:
+        """Queue refused (jid, minion) pairs in publish order and wake their minions on this engine."""
+        k, ttl = self.keys, self.conf.ttl
+        jids = sorted({jid for jid, _ in pairs})
+        scores = self.run(lambda b: [b.call("ZSCORE", k.jobs, jid) for jid in jids])
+        published = {jid: float(s) for jid, s in zip(jids, scores, strict=True) if s is not None}
+
+        def fill(b: Batch) -> None:
+            for jid, m in pairs:
+                if jid in published:
+                    b.call("ZADD", k.queue(m), "NX", published[jid], jid)
+                    b.call("EXPIRE", k.queue(m), ttl)
+                    b.call("ZADD", k.queues, published[jid], m)
+                    b.call("ZADD", k.active(engine), 0, m)
+            b.call("EXPIRE", k.queues, ttl)
+            b.call("EXPIRE", k.active(engine), ttl)
+
+        self.run(fill)
+
+    def active_count(self) -> int:
+        """Minions on some engine's work set."""
+        engines = [_text(e) for e in guard(self.conf, self.client.zrange, self.keys.engines, 0, -1)]
+        counts = self.run(lambda b: [b.call("ZCARD", self.keys.active(e)) for e in engines]) if engines else []
+        return sum(int(c) for c in counts)
+
+    def sequence(self, minion: str) -> dict[str, str]:
+        """The minion's replay sequence fields, for operator views."""
+        raw = guard(self.conf, self.client.hgetall, self.keys.seq(minion))
+        return {_text(f): _text(v) for f, v in raw.items()}
 
     def _count(self, batch: Batch, counter: str, n: int) -> None:
         batch.call("HINCRBY", self.keys.stats, counter, n)
@@ -572,31 +960,17 @@ class Store:
             **{name: counters.get(name, 0) for name in ("queued", "replays", "exhausted", "interrupted")},
         }
 
+    def stage_refusal(self, batch: Batch, jid: str, minion: str) -> None:
+        """Salt refused to start the job on minion (a state run was running): still owed."""
+        k = self.keys
+        batch.script("record_refusal", [k.targets(jid), k.returned(jid), k.retry(jid)], [self.conf.ttl, minion])
+
     def stage_delivery(self, batch: Batch, jid: str, minion: str, at_ms: int) -> None:
         """A minion acknowledged the job (``salt/job/<jid>/start/<id>``, Salt 3008 start_event)."""
         k = self.keys
         batch.script("record_delivery", [k.targets(jid), k.returned(jid), k.retry(jid)], [self.conf.ttl, minion, at_ms])
 
-    # -- start queue and rate limit (engine) -------------------------------------------
-
-    def note_starts(self, starts: dict[str, int]) -> None:
-        """Durably remember minions that (re)started, so any engine can serve them."""
-        if starts:
-
-            def fill(b: Batch) -> None:
-                for minion, started_ms in starts.items():
-                    b.call("ZADD", self.keys.starts, "GT", started_ms, minion)
-                b.call("EXPIRE", self.keys.starts, self.conf.ttl)
-
-            self.run(fill)
-
-    def due_starts(self, limit: int) -> list[tuple[str, int]]:
-        """The oldest `limit` unserved starts as (minion, started_ms)."""
-        rows = guard(self.conf, self.client.zrange, self.keys.starts, 0, limit - 1, False, True)
-        return [(_text(m), int(score)) for m, score in rows]
-
-    def finish_start(self, minion: str, started_ms: int) -> None:
-        self.run(lambda b: b.script("finish_start", [self.keys.starts], [minion, started_ms]))
+    # -- rate limit (engine) ------------------------------------------------------------
 
     def take_tokens(self, wanted: int) -> int:
         """Replays allowed now by the fleet-wide `max_replays_per_second` bucket."""
@@ -605,14 +979,6 @@ class Store:
         now_ms = int(self.clock() * 1000)
         (granted,) = self.run(lambda b: b.script("take_tokens", [self.keys.rate], [rate, burst, now_ms, wanted]))
         return int(granted)
-
-    def release(self, jid: str, minion: str) -> None:
-        self.run(lambda b: b.script("release", [self.keys.retry(jid)], [minion]))
-
-    def dequeue(self, minion: str, jids: Iterable[str]) -> None:
-        jids = list(jids)
-        if jids:
-            self.run(lambda b: b.call("ZREM", self.keys.queue(minion), *jids))
 
     # -- operator views (runner) ------------------------------------------------------
 
