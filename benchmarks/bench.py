@@ -13,6 +13,8 @@ Starts its own redis-server on 127.0.0.1 (a free port), runs every figure
   sweep     M minions x J jobs recorded, 1 % missing: time with D and 2D jobs past timeout
             and with the total doubled, to show it follows D and not the key count
   memory    Redis used_memory per tracked (jid, minion) pair
+  spool     while Redis is down, one event per call with 1 MB / 50 MB already spooled vs an
+            empty spool: Spool.append alone, and the recorder's whole call (drain attempt + append)
 
 Usage: benchmarks/run.sh [--quick]   (sets up the peer venv, then runs this)
 """
@@ -23,8 +25,10 @@ import argparse
 import datetime
 import importlib.util
 import json
+import logging
 import os
 import platform
+import socket
 import statistics
 import subprocess
 import sys
@@ -32,6 +36,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import msgpack
 import redis
 
 REPO = Path(__file__).resolve().parent.parent
@@ -41,7 +46,7 @@ sys.path.insert(0, str(REPO))
 from salt_job_retry import config, store  # noqa: E402
 from salt_job_retry.recorder import Recorder  # noqa: E402
 from salt_job_retry.replay import Replayer  # noqa: E402
-from salt_job_retry.spool import Spool  # noqa: E402
+from salt_job_retry.spool import SPOOL_FILE, Spool  # noqa: E402
 
 from tests.saltlab import Lab  # noqa: E402
 
@@ -352,6 +357,68 @@ class Bench:
             print(line, flush=True)
             self.rows.append(line)
 
+    # -- 6. spool ------------------------------------------------------------------------
+
+    def spool(self, sizes_mb: list[int], calls: int) -> None:
+        """
+        While Redis is down, one event per call with `size` MB already spooled vs an empty spool,
+        alternately run by run: Spool.append alone, and Recorder.record (what the returner runs:
+        an attempt to drain the spool, then the append) against a port that refuses connections.
+        Neither should depend on how much is spooled.
+        """
+        tag, data = ret_event(JID, "minion-00000").values()
+        record = msgpack.packb([tag, data], use_bin_type=True)
+        with socket.socket() as sock:  # a port nobody listens on: Redis is down
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        down = config.load({"enabled": True, "redis_url": f"redis://127.0.0.1:{port}/0"})
+        down_store = store.Store(store.connect(down), down)
+
+        def spool_of(size_mb: int, recorder: bool):
+            """A spool holding `size_mb` MB of ret events (restored to that size for each run)."""
+            directory = os.path.join(self.spool_dir, f"spool-bench-{size_mb}mb")
+            os.makedirs(directory, exist_ok=True)
+            path, prefill = os.path.join(directory, SPOOL_FILE), size_mb * 2**20 // len(record) * len(record)
+            if not os.path.exists(path) or os.path.getsize(path) < prefill:
+                with open(path, "wb") as spooled:
+                    spooled.write(record * (prefill // len(record)))
+            with open(path, "r+b") as spooled:
+                spooled.truncate(prefill)  # drop what the last run appended
+                os.fsync(spooled.fileno())  # else the first timed fsync writes the prefill out
+            spool = Spool(directory, down.spool_max_bytes)
+            return Recorder(down_store, down, spool) if recorder else spool
+
+        def append(state):
+            for _ in range(calls):
+                state[0].append([(tag, data)])
+
+        def record_call(state):
+            for _ in range(calls):
+                state[0].record([{"tag": tag, "data": data}])
+
+        quiet = logging.getLogger("salt_job_retry")
+        level = quiet.level
+        quiet.setLevel(logging.ERROR)  # the recorder's "spooled N event(s)" warnings
+        try:
+            for name, action, recorder in (("spool append", append, False), ("record, Redis down", record_call, True)):
+                for size_mb in sizes_mb:
+
+                    def setup(size_mb=size_mb, recorder=recorder):
+                        return spool_of(size_mb, recorder), spool_of(0, recorder)
+
+                    ours, base = self.measure_pair(setup, action, lambda state, action=action: action(state[1:]))
+                    self.report(
+                        f"{name}, {size_mb} MB spooled",
+                        ours,
+                        base,
+                        "empty spool",
+                        "ms/call",
+                        1000 / calls,
+                        "~1x: not the spool size",
+                    )
+        finally:
+            quiet.setLevel(level)
+
 
 def fmt(values: list[float]) -> str:
     med = statistics.median(values)
@@ -367,7 +434,7 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="small sizes and 2 runs (CI)")
     parser.add_argument("--runs", type=int, default=None)
     parser.add_argument("--peer-python", default=None, help="python of a venv with saltext.redis")
-    parser.add_argument("--only", default="ingest,fanout,replay,sweep,memory")
+    parser.add_argument("--only", default="ingest,fanout,replay,sweep,memory,spool")
     args = parser.parse_args()
     quick = args.quick
     runs = args.runs or (2 if quick else 5)
@@ -398,6 +465,8 @@ def main() -> int:
                     bench.sweep(10000, 1000, 50)
             if "memory" in only:
                 bench.memory(1000 if quick else 10000, 5 if quick else 20)
+            if "spool" in only:
+                bench.spool([1, 10] if quick else [1, 50], 200 if quick else 500)
     finally:
         lab.stop()
     return 0
