@@ -54,7 +54,7 @@ job_retry:
   # Seconds every key lives after its last write (default 7 days). (integer >= 60)
   ttl: 604800
 
-  # Seconds a replay claim blocks other engines; a claim whose engine died is retried after it. (number > 0)
+  # Seconds an engine holds a minion's replay sequence; an engine silent for 3 leases is replaced. (number > 0)
   claim_lease: 10
 
   # Functions never recorded for replay. Setting it replaces the default list. (list of glob strings)
@@ -98,6 +98,20 @@ job_retry:
 
   # Replay under the original jid (minions drop duplicates) or a fresh, linked one. ('original' or 'new')
   replay_jid: original
+
+  # Seconds a minion's sequence waits for a replay's return before the next job goes out. (number > 0)
+  replay_wait: 300
+
+  # Jobs whose newer identical twin is owed too are not replayed (`superseded`). `fun` matches calls without arguments, `fun(*)` calls with any arguments. [] turns it off. (list of glob strings)
+  supersede_functions: 
+    - state.highstate
+    - state.apply
+
+  # Times a replay refused by a running state run is sent again before it is exhausted. (integer >= 1)
+  max_refusals: 30
+
+  # Seconds the engine waits for a minion to report its pid (when its start event has none). (number > 0)
+  probe_timeout: 5
 
   # Replay a job a minion acknowledged but restarted before returning. (boolean)
   replay_interrupted: false

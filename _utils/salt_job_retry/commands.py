@@ -141,11 +141,13 @@ def prometheus(counts: dict) -> str:
     metrics = [
         ("tracked_jobs", "gauge", "Jobs recorded and not expired."),
         ("unswept_jobs", "gauge", "Jobs younger than timeout or not yet swept."),
-        ("starts_waiting", "gauge", "Minion starts not yet served by an engine."),
+        ("minions_replaying", "gauge", "Minions whose replay sequence an engine is serving."),
         ("pending_total", "gauge", "(jid, minion) pairs queued for replay."),
         ("oldest_pending_age_seconds", "gauge", "Age of the oldest queued (jid, minion) pair."),
         ("queued", "counter", "Pairs queued by the sweep."),
         ("replays", "counter", "Replays published."),
+        ("refusals", "counter", "Replays sent again after a state run refused them."),
+        ("superseded", "counter", "Pairs not replayed because a newer identical job was owed."),
         ("exhausted", "counter", "Pairs given up after max_attempts."),
         ("interrupted", "counter", "Pairs acknowledged and cut short by a restart."),
     ]

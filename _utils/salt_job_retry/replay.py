@@ -108,7 +108,9 @@ class Replayer:
         live = [lk for lk in looks if lk.state != "done"]
         current = next((lk for lk in live if lk.jid == view.cur), None)
         again = None
-        if current is not None and current.state == "sent":
+        if current is not None and current.state == "sent" and view.pub != view.cur:
+            again = current  # its engine died between claim and publish: it may never have gone out
+        elif current is not None and current.state == "sent":
             if view.now_ms < view.wait_ms:
                 return Step(view.wait_ms, waiting_for=self._waiting_for(current))
             if view.acks and not current.acked:  # an acknowledging minion never saw it: send it again
@@ -132,7 +134,7 @@ class Replayer:
                 return Step(hold)
         if not self.store.take_tokens(1):
             return Step(view.now_ms + math.ceil(1000 / self.conf.max_replays_per_second))
-        if not self.store.seq_set(self.engine, minion, cur=head.jid, wait=f"+{self.wait_ms}"):
+        if not self.store.seq_set(self.engine, minion, cur=head.jid, pub="", wait=f"+{self.wait_ms}"):
             return Step()  # another engine took the sequence over meanwhile
         claim = self.store.claim(minion, view, head.jid, head.published, mode)
         if claim.state in ("exhausted", "interrupted"):
@@ -145,6 +147,7 @@ class Replayer:
             self.store.release(claim.jid, minion, claim.kind)
             self.store.seq_set(self.engine, minion, cur="", wait="")
             return Step(view.now_ms + PUBLISH_FAILED_RETRY_MS)
+        self.store.seq_set(self.engine, minion, pub=claim.jid)
         self.store.count("replays" if claim.kind == "attempt" else "refusals", 1)
         return Step(view.now_ms + self.wait_ms, waiting_for=tuple({claim.jid, pub_jid}), published=claim.jid)
 
@@ -326,20 +329,25 @@ class EngineLoop:
             self.backoff = 0.0
 
     def _write_noted(self) -> None:
+        # Each list is cleared only once written: a Redis blip must not lose a start or a refusal.
         if self.noted and self.recorder is not None:
-            self.recorder.record(self.noted)  # idempotent: the returner writes them too
+            self.recorder.record(self.noted)  # idempotent: the returner writes them too; spools on failure
         self.noted = []
         if self.refused:
             self.store.enqueue_refused(self.engine, self.refused)
             self.woken.update(m for _, m in self.refused)
             self.refused = []
-        for minion in self.acked:
+        while self.acked:
+            minion = next(iter(self.acked))
             self.store.seq_set(self.engine, minion, acks="1")
-        self.acked = set()
+            self.acked.discard(minion)
 
     def _note_starts(self) -> None:
-        starts, self.starts = self.starts, {}
+        starts = dict(self.starts)
         answers = self.store.note_starts(self.engine, starts)
+        for minion, noted in starts.items():
+            if self.starts.get(minion) == noted:
+                del self.starts[minion]
         for minion, answer in answers.items():
             log.info("job_retry: %s connected (%s)", minion, answer[0])
             self.woken.add(minion)

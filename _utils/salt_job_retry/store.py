@@ -157,9 +157,10 @@ local lease = tonumber(redis.call('HGET', seq, 'lease') or '0')
 if owner and owner ~= engine and lease >= now then return {'other', owner} end
 redis.call('HSET', seq, 'owner', engine, 'lease', now + tonumber(ARGV[2]))
 redis.call('EXPIRE', seq, ARGV[4])
-local f = redis.call('HMGET', seq, 'proc', 'started', 'cur', 'wait', 'acks', 'pend')
+local f = redis.call('HMGET', seq, 'proc', 'started', 'cur', 'wait', 'acks', 'pend', 'born', 'pub')
 local head = redis.call('ZRANGE', KEYS[2], 0, tonumber(ARGV[3]) - 1, 'WITHSCORES')
-return {'mine', now, f[1] or '', f[2] or '0', f[3] or '', f[4] or '0', f[5] or '', f[6] or '', head}
+return {'mine', now, f[1] or '', f[2] or '0', f[3] or '', f[4] or '0', f[5] or '', f[6] or '', head,
+        f[7] or '0', f[8] or ''}
 """
 )
 
@@ -188,7 +189,7 @@ _PAIR = (
     + """
 -- KEYS: job, targets, returned, retry
 -- ARGV: minion, proc, started_ms, published_ms, mode, max_attempts, replay_interrupted,
---       ttl, max_refusals, now
+--       ttl, max_refusals, now, born_ms
 -- Where one (jid, minion) stands for the minion process `proc` that connected at
 -- started_ms; mode 'look' only reads, 'claim'/'again' take the next replay.
 --   done      returned, final, expired, or not a target: drop it from the queue
@@ -210,7 +211,9 @@ local n, c = tonumber(f[6] or '0'), tonumber(f[7] or '0')
 local state = 'owed'
 if k and k == (t or '0') then state = 'refused'
 elseif p == proc then state = 'sent'
-elseif d and p then state = 'acked'
+elseif d then
+  -- acknowledged: by this process (running), or by one born before it (it died running it)
+  if tonumber(d) >= tonumber(ARGV[11]) then state = 'sent' else state = 'acked' end
 elseif tonumber(ARGV[4]) > tonumber(ARGV[3]) then state = 'after' end
 if mode == 'look' then return {state, n, d and 1 or 0, job, t or '0', c} end
 local ttl = redis.call('PTTL', KEYS[1])
@@ -463,6 +466,8 @@ class SeqView:
     acks: bool  # the minion has acknowledged replays before (Salt 3008 start events)
     pend_ms: int  # stamp of a (re)connection whose process is not identified yet (0: none)
     queue: list[tuple[str, float]]  # (jid, published epoch s), oldest first
+    born_ms: int = 0  # when that process first connected
+    pub: str = ""  # the in-flight replay whose publish completed (== cur unless an engine died mid-publish)
 
 
 @dataclass
@@ -783,6 +788,8 @@ class Store:
             acks=bool(_text(r[6])),
             pend_ms=int(float(r[7] or 0)),
             queue=[(_text(head[i]), float(head[i + 1])) for i in range(0, len(head), 2)],
+            born_ms=int(float(r[9])),
+            pub=_text(r[10]),
         )
 
     def _pair_args(self, minion: str, view: SeqView, published: float, mode: str) -> list[Any]:
@@ -798,6 +805,7 @@ class Store:
             conf.ttl,
             conf.max_refusals,
             self.now_arg(),
+            view.born_ms,
         ]
 
     def _pair_keys(self, jid: str) -> list[str]:
@@ -936,28 +944,29 @@ class Store:
         if n:
             self.run(lambda b: self._count(b, counter, n))
 
+    COUNTERS = ("queued", "replays", "refusals", "superseded", "exhausted", "interrupted")
+
     def stats(self) -> dict[str, Any]:
         """Counts for operators and metrics (one pipeline, plus the pending listing)."""
         k, now = self.keys, self.clock()
-        jobs, unswept, starts, counters = self.run(
+        jobs, unswept, counters = self.run(
             lambda b: (
                 b.call("ZCOUNT", k.jobs, now - self.conf.ttl, "+inf"),
                 b.call("ZCARD", k.unswept),
-                b.call("ZCARD", k.starts),
                 b.call("HGETALL", k.stats),
             )
         )
         pending = self.pending(self.queued_minions())
-        queued_at = [from_iso(e["queued_at"]) for entries in pending.values() for e in entries]
+        published = [from_iso(e["published_at"]) for entries in pending.values() for e in entries]
         counters = {_text(f): int(v) for f, v in counters.items()}
         return {
             "tracked_jobs": int(jobs),
             "unswept_jobs": int(unswept),
-            "starts_waiting": int(starts),
+            "minions_replaying": self.active_count(),
             "pending_total": sum(len(e) for e in pending.values()),
             "pending_by_minion": {m: len(e) for m, e in sorted(pending.items()) if e},
-            "oldest_pending_age_seconds": round(now - min(queued_at), 1) if queued_at else 0,
-            **{name: counters.get(name, 0) for name in ("queued", "replays", "exhausted", "interrupted")},
+            "oldest_pending_age_seconds": round(now - min(published), 1) if published else 0,
+            **{name: counters.get(name, 0) for name in self.COUNTERS},
         }
 
     def stage_refusal(self, batch: Batch, jid: str, minion: str) -> None:
@@ -989,41 +998,78 @@ class Store:
     def queued_minions(self) -> list[str]:
         return [_text(m) for m in guard(self.conf, self.client.zrange, self.keys.queues, 0, -1)]
 
-    def pending(self, minions: list[str]) -> dict[str, list[dict]]:
-        """Each minion's queued jobs, oldest first; stale entries are dropped from the index."""
+    def view(self, minion: str) -> SeqView:
+        """The minion's sequence read-only, as the next step would see it (operator views)."""
         k = self.keys
-        queues = self.run(lambda b: [b.call("ZRANGE", k.queue(m), 0, -1, "WITHSCORES") for m in minions])
-        entries = [(m, _text(jid), score) for m, queue in zip(minions, queues, strict=False) for jid, score in queue]
+        seq, queue = self.run(
+            lambda b: (b.call("HGETALL", k.seq(minion)), b.call("ZRANGE", k.queue(minion), 0, -1, "WITHSCORES"))
+        )
+        f = {_text(x): _text(v) for x, v in seq.items()}
+        return SeqView(
+            now_ms=int(self.clock() * 1000),
+            proc=f.get("proc", ""),
+            # No process known yet: everything queued is owed to the next one.
+            started_ms=int(float(f["started"])) if f.get("proc") else 2**62,
+            cur=f.get("cur", ""),
+            wait_ms=int(float(f.get("wait", 0))),
+            acks=bool(f.get("acks")),
+            pend_ms=int(float(f.get("pend", 0))),
+            queue=[(_text(j), float(score)) for j, score in queue],
+            born_ms=int(float(f.get("born", 0))),
+            pub=f.get("pub", ""),
+        )
 
-        def fill(b: Batch) -> None:
-            for m, jid, _ in entries:
-                b.call("GET", k.job(jid))
-                b.call("SISMEMBER", k.returned(jid), m)
-                b.call("HMGET", k.retry(jid), f"a:{m}", f"x:{m}", f"d:{m}")
+    # 'after': published after the process connected. If the minion is up, Salt delivered it;
+    # if it went down since, it is owed to the next process: listed as pending either way.
+    PENDING_STATES = {
+        "owed": "pending",
+        "after": "pending",
+        "refused": "refused",
+        "acked": "pending",
+        "sent": "running",
+    }
 
-        results = self.run(fill) if entries else []
-        out: dict[str, list[dict]] = {m: [] for m in minions}
+    def pending(self, minions: list[str]) -> dict[str, list[dict]]:
+        """
+        Each minion's owed jobs in the order they will run (publish order), with the
+        replay in flight first. Jobs it returned or that are final leave the index.
+        """
+        from .replay import supersede_key  # the engine's rule, shared
+
+        out: dict[str, list[dict]] = {}
         stale: dict[str, list[str]] = {}
-        live: set[str] = set()  # minions with an entry worth keeping in the index
-        for i, (m, jid, queued_at) in enumerate(entries):
-            blob, returned, (attempts, final, delivered) = results[3 * i : 3 * i + 3]
-            if not blob or returned or final:
-                stale.setdefault(m, []).append(jid)
-                continue
-            live.add(m)
-            if delivered:  # acknowledged: running, not pending (kept in the index for a restart)
-                continue
-            job = unpack(blob)
-            out[m].append(
-                {
-                    "jid": jid,
-                    "fun": job.get("fun"),
-                    "arg": job.get("arg", []),
-                    "attempts": int(attempts or 0),
-                    "queued_at": iso(float(queued_at)),
+        empty: list[str] = []
+        for m in minions:
+            view = self.view(m)
+            looks = self.look(m, view) if view.queue else []
+            stale[m] = [lk.jid for lk in looks if lk.state == "done"]
+            if len(stale[m]) == len(looks):
+                empty.append(m)
+            live = [lk for lk in looks if lk.state in self.PENDING_STATES]
+            keys = {lk.jid: supersede_key(lk.job, self.conf.supersede_functions) for lk in live}
+            newest = {key: lk.jid for lk in live if lk.state != "sent" and (key := keys[lk.jid])}
+            entries = []
+            for lk in live:
+                entry = {
+                    "jid": lk.jid,
+                    "fun": lk.job.get("fun"),
+                    "arg": lk.job.get("arg", []),
+                    "attempts": lk.attempts,
+                    "published_at": iso(lk.published),
+                    "state": "in_flight" if lk.jid == view.cur else self.PENDING_STATES[lk.state],
                 }
-            )
-        self._drop_stale(stale, [m for m in minions if m not in live])
+                if lk.state == "sent" and lk.jid != view.cur:
+                    continue  # delivered to this process and running: not pending
+                key = keys[lk.jid]
+                if key and lk.state != "sent" and newest[key] != lk.jid:
+                    entry["superseded_by"] = newest[key]
+                entries.append(entry)
+            entries.sort(key=lambda e: e["state"] != "in_flight")  # stable: publish order otherwise
+            if view.cur and entries and entries[0]["state"] == "in_flight":
+                for e in entries[1:]:
+                    e["waiting_behind"] = view.cur
+            out[m] = entries
+        self._drop_stale({m: js for m, js in stale.items() if js}, empty)
         return out
 
     def _drop_stale(self, stale: dict[str, list[str]], empty: list[str]) -> None:
@@ -1083,10 +1129,12 @@ class Store:
             lambda b: b.script("retry_reset", [k.targets(jid), k.returned(jid), k.retry(jid)], [ttl, repr(now)])
         )
         missing = sorted(_text(m) for m in missing)
+        job = self.job(jid) or {}
+        published = job.get("time", now)
 
         def fill(b: Batch) -> None:
             for m in missing:
-                b.call("ZADD", k.queue(m), now, jid)
+                b.call("ZADD", k.queue(m), published, jid)
                 b.call("EXPIRE", k.queue(m), ttl)
                 b.call("ZADD", k.queues, now, m)
             b.call("EXPIRE", k.queues, ttl)
@@ -1102,17 +1150,25 @@ def minion_state(
     """One minion's state in a job, as `status` shows it."""
     attempts = int(fields.get(f"a:{minion}", 0))
     state: dict[str, Any] = {"attempts": attempts}
-    if fields.get(f"p:{minion}"):
-        state["last_replay_at"] = iso(int(fields[f"p:{minion}"]) / 1000)
+    sent = fields.get(f"t:{minion}")
+    if sent:
+        state["last_replay_at"] = iso(int(float(sent)) / 1000)
     if minion in returned:
         return {"state": "returned", **state}
     final = fields.get(f"x:{minion}")
     if final:
+        if fields.get(f"s:{minion}"):
+            state["superseded_by"] = fields[f"s:{minion}"]
         return {"state": final, **state}
+    refused = fields.get(f"k:{minion}")
+    if refused is not None and refused == (sent or "0"):
+        return {"state": "refused", **state, "refusals": int(fields.get(f"c:{minion}", 0))}
     if fields.get(f"d:{minion}"):
         return {"state": "delivered", **state, "delivered_at": iso(int(fields[f"d:{minion}"]) / 1000)}
+    if sent:
+        return {"state": "replayed", **state}
     queued_at = fields.get(f"q:{minion}")
-    if queued_at is not None or attempts or now - job.get("time", 0) >= timeout:
+    if queued_at is not None or now - job.get("time", 0) >= timeout:
         if queued_at is not None:
             state["queued_at"] = iso(float(queued_at))
         return {"state": "pending", **state}

@@ -24,7 +24,7 @@ _prefixes = itertools.count()
 class InProcessEngine:
     """The real engine code on a real Redis, publishing into a list instead of a master."""
 
-    def __init__(self, lab, tmp_path, prefix, **options):
+    def __init__(self, lab, tmp_path, prefix, engine="e1", **options):
         raw = {"enabled": True, "redis_url": f"redis://127.0.0.1:{lab.redis_port}/0", "key_prefix": prefix}
         self.conf = config.load({**raw, "timeout": 5, "claim_lease": 1, **options})
         self.store = store.Store(store.connect(self.conf), self.conf)
@@ -32,7 +32,7 @@ class InProcessEngine:
         self.published = []  # (minion, jid, at)
         self.events = []
         self.crash = False
-        replayer = Replayer(self.store, self.conf, self.publish, lambda d, t: self.events.append(t))
+        replayer = Replayer(self.store, self.conf, self.publish, lambda d, t: self.events.append(t), engine=engine)
         self.feed = []
         self.loop = EngineLoop(replayer, lambda wait: self.feed.pop(0) if self.feed else None, 10, self.recorder)
 
@@ -41,9 +41,11 @@ class InProcessEngine:
             raise KeyboardInterrupt("engine process killed")
         self.published.append((minion, jid, time.monotonic()))
 
-    def start_event(self, minion, stamp=None):
+    def start_event(self, minion, stamp=None, pid=100):
+        """A start event as a minion with `start_event_grains: [pid]` fires it."""
         stamp = stamp or datetime.datetime.now(datetime.timezone.utc).isoformat()
-        self.feed.append({"tag": f"salt/minion/{minion}/start", "data": {"id": minion, "_stamp": stamp}})
+        data = {"id": minion, "_stamp": stamp, "grains": {"pid": pid}}
+        self.feed.append({"tag": f"salt/minion/{minion}/start", "data": data})
 
 
 def new_event(jid, minions):
@@ -57,7 +59,7 @@ def prefix():
 
 def test_two_engines_one_redis_replay_once(redis_only, tmp_path, fault_matrix):
     p = prefix()
-    first, second = InProcessEngine(redis_only, tmp_path, p), InProcessEngine(redis_only, tmp_path, p)
+    first, second = InProcessEngine(redis_only, tmp_path, p), InProcessEngine(redis_only, tmp_path, p, engine="e2")
     first.recorder.record([new_event("20261122070000000001", ["beta"])])
     stamp = datetime.datetime.now(datetime.timezone.utc).isoformat()
     first.start_event("beta", stamp)
@@ -79,10 +81,10 @@ def test_engine_killed_between_claim_and_publish(redis_only, tmp_path, fault_mat
     doomed.crash = True
     doomed.start_event("beta")
     with contextlib.suppress(KeyboardInterrupt):
-        doomed.loop.step()  # dies: its claim and the start stay in Redis
+        doomed.loop.step()  # dies: its claim and the minion's sequence stay in Redis
     deadline = time.monotonic() + 10
     while not survivor.published and time.monotonic() < deadline:
-        survivor.loop.step()  # a restarted engine, or another master's
+        survivor.loop.step()  # the restarted engine of the same master
     fault_matrix(
         "2 engine killed between claim and publish",
         1,

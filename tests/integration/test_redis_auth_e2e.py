@@ -128,7 +128,10 @@ def test_acl_user_over_tls_records_and_claims(tls_redis):
     b = s.batch()
     s.stage_job(b, JID, store.pack({"fun": "cmd.run", "arg": [], "time": 1.0}), 1.0, ["beta"])
     b.execute()
-    (claim,) = s.claim("beta", [JID], int(time.time() * 1000))
+    s.note_starts("e1", {"beta": (int(time.time() * 1000), "100")})  # every script kind over TLS + ACL
+    view = s.take("e1", "beta")
+    assert [lk.state for lk in s.look("beta", view)] == ["owed"]
+    claim = s.claim("beta", view, JID, 1.0)
     assert claim.state == "claimed" and claim.job["fun"] == "cmd.run"
 
 

@@ -41,7 +41,7 @@ def test_pending_lists_every_minion_and_one(env):
     assert set(everyone) == {"beta", "gamma"}
     entry = everyone["beta"][0]
     assert entry["jid"] == JID and entry["fun"] == "cmd.run" and entry["attempts"] == 0
-    assert entry["arg"][0] == "echo hi" and entry["queued_at"].endswith("Z")
+    assert entry["arg"][0] == "echo hi" and entry["published_at"].endswith("Z") and entry["state"] == "pending"
     assert run(env, "pending", minion_id="alpha") == {"alpha": []}
 
 
