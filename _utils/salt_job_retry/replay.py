@@ -128,7 +128,7 @@ class Replayer:
         return (look.jid,)
 
     def _send(self, minion: str, view: SeqView, head: Look, mode: str) -> Step:
-        if head.state == "refused" and head.sent_ms:
+        if head.state == "refused":  # sent_ms: when it was refused
             hold = head.sent_ms + refusal_backoff_ms(head.refusals)
             if view.now_ms < hold:
                 return Step(hold)
@@ -310,15 +310,16 @@ class EngineLoop:
 
     def _maintain(self) -> None:
         now = self.clock()
+        # The spool first: a job spooled during an outage must be in Redis before a start is served.
+        if self.recorder is not None and (self.starts or now >= self.next_spool_check):
+            self.next_spool_check = now + self.IDLE_POLL
+            if self.recorder.spool.has_data() and not self.recorder.flush_spool():
+                raise RedisUnavailable(f"Redis unreachable at {self.conf.redis_display} (spool not drained)")
         self._write_noted()
         if self.starts:
             self._note_starts()
         if now >= self.next_beat:
             self._heartbeat(now)
-        if self.recorder is not None and now >= self.next_spool_check:
-            self.next_spool_check = now + self.IDLE_POLL
-            if self.recorder.spool.has_data() and not self.recorder.flush_spool():
-                raise RedisUnavailable(f"Redis unreachable at {self.conf.redis_display} (spool not drained)")
         if self.woken or now >= self.next_poll:
             self._serve_due()
         if self.clock() >= self.next_sweep:
@@ -333,9 +334,8 @@ class EngineLoop:
         if self.noted and self.recorder is not None:
             self.recorder.record(self.noted)  # idempotent: the returner writes them too; spools on failure
         self.noted = []
-        if self.refused:
-            self.store.enqueue_refused(self.engine, self.refused)
-            self.woken.update(m for _, m in self.refused)
+        if self.refused:  # due after the first backoff: the state run that refused it is still going
+            self.store.enqueue_refused(self.engine, self.refused, refusal_backoff_ms(1))
             self.refused = []
         while self.acked:
             minion = next(iter(self.acked))

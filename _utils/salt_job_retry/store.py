@@ -137,6 +137,8 @@ if proc == pid then
   end
   return {'same-owned', owner}
 end
+-- A process found by asking (stamp 0) replaced the one we knew: it connected about now.
+if proc and stamp == 0 then stamp = now end
 if proc and stamp < born then return {'stale'} end
 redis.call('HSET', seq, 'proc', pid, 'born', stamp, 'started', stamp, 'owner', engine, 'lease', now + tonumber(ARGV[4]))
 redis.call('HDEL', seq, 'wait')
@@ -202,7 +204,7 @@ local m, proc, mode = ARGV[1], ARGV[2], ARGV[5]
 if redis.call('SISMEMBER', KEYS[3], m) == 1 then return {'done', 'returned'} end
 if redis.call('SISMEMBER', KEYS[2], m) == 0 then return {'done', 'unknown'} end
 local r = KEYS[4]
-local f = redis.call('HMGET', r, 'x:' .. m, 'p:' .. m, 't:' .. m, 'k:' .. m, 'd:' .. m, 'a:' .. m, 'c:' .. m)
+local f = redis.call('HMGET', r, 'x:' .. m, 'p:' .. m, 't:' .. m, 'k:' .. m, 'd:' .. m, 'a:' .. m, 'c:' .. m, 'r:' .. m)
 if f[1] then return {'done', f[1]} end
 local job = redis.call('GET', KEYS[1])
 if not job then return {'done', 'expired'} end
@@ -215,7 +217,10 @@ elseif d then
   -- acknowledged: by this process (running), or by one born before it (it died running it)
   if tonumber(d) >= tonumber(ARGV[11]) then state = 'sent' else state = 'acked' end
 elseif tonumber(ARGV[4]) > tonumber(ARGV[3]) then state = 'after' end
-if mode == 'look' then return {state, n, d and 1 or 0, job, t or '0', c} end
+-- for a refusal: when it was refused, which the backoff counts from
+local at = t or '0'
+if state == 'refused' and f[8] then at = f[8] end
+if mode == 'look' then return {state, n, d and 1 or 0, job, at, c} end
 local ttl = redis.call('PTTL', KEYS[1])
 if ttl < 1 then ttl = tonumber(ARGV[8]) * 1000 end
 local now = now_ms(ARGV[10])
@@ -262,8 +267,10 @@ redis.call('EXPIRE', KEYS[3], ARGV[1])
 return 1
 """
 
-_RECORD_REFUSAL = """
--- KEYS: targets, returned, retry   ARGV: ttl, minion
+_RECORD_REFUSAL = (
+    _NOW
+    + """
+-- KEYS: targets, returned, retry   ARGV: ttl, minion, now
 -- Salt refused to start the job (another state run was running): not a return. The
 -- marker names the delivery it refused ('0': the original publish), so a later
 -- replay of the pair clears it.
@@ -271,10 +278,11 @@ local m = ARGV[2]
 if redis.call('SISMEMBER', KEYS[1], m) == 0 then return 0 end
 if redis.call('SISMEMBER', KEYS[2], m) == 1 then return 0 end
 if redis.call('HEXISTS', KEYS[3], 'x:' .. m) == 1 then return 0 end
-redis.call('HSET', KEYS[3], 'k:' .. m, redis.call('HGET', KEYS[3], 't:' .. m) or '0')
+redis.call('HSET', KEYS[3], 'k:' .. m, redis.call('HGET', KEYS[3], 't:' .. m) or '0', 'r:' .. m, now_ms(ARGV[3]))
 redis.call('EXPIRE', KEYS[3], ARGV[1])
 return 1
 """
+)
 
 _TAKE_DUE = (
     _NOW
@@ -905,12 +913,13 @@ class Store:
         )
         return [_text(m) for m in r]
 
-    def enqueue_refused(self, engine: str, pairs: list[tuple[str, str]]) -> None:
+    def enqueue_refused(self, engine: str, pairs: list[tuple[str, str]], hold_ms: int = 0) -> None:
         """Queue refused (jid, minion) pairs in publish order and wake their minions on this engine."""
         k, ttl = self.keys, self.conf.ttl
         jids = sorted({jid for jid, _ in pairs})
         scores = self.run(lambda b: [b.call("ZSCORE", k.jobs, jid) for jid in jids])
         published = {jid: float(s) for jid, s in zip(jids, scores, strict=True) if s is not None}
+        due = int(time.time() * 1000) + hold_ms  # a short hold: a master's clock is close enough
 
         def fill(b: Batch) -> None:
             for jid, m in pairs:
@@ -918,7 +927,7 @@ class Store:
                     b.call("ZADD", k.queue(m), "NX", published[jid], jid)
                     b.call("EXPIRE", k.queue(m), ttl)
                     b.call("ZADD", k.queues, published[jid], m)
-                    b.call("ZADD", k.active(engine), 0, m)
+                    b.call("ZADD", k.active(engine), due, m)
             b.call("EXPIRE", k.queues, ttl)
             b.call("EXPIRE", k.active(engine), ttl)
 
@@ -972,7 +981,9 @@ class Store:
     def stage_refusal(self, batch: Batch, jid: str, minion: str) -> None:
         """Salt refused to start the job on minion (a state run was running): still owed."""
         k = self.keys
-        batch.script("record_refusal", [k.targets(jid), k.returned(jid), k.retry(jid)], [self.conf.ttl, minion])
+        batch.script(
+            "record_refusal", [k.targets(jid), k.returned(jid), k.retry(jid)], [self.conf.ttl, minion, self.now_arg()]
+        )
 
     def stage_delivery(self, batch: Batch, jid: str, minion: str, at_ms: int) -> None:
         """A minion acknowledged the job (``salt/job/<jid>/start/<id>``, Salt 3008 start_event)."""

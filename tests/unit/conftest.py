@@ -1,3 +1,5 @@
+from types import SimpleNamespace
+
 import fakeredis
 import pytest
 from salt_job_retry import config
@@ -58,7 +60,10 @@ class Harness:
         self.events = []  # (tag, data)
         self.publish_error = None
         self.fresh_jids = iter(f"2026112206{i:010d}" for i in range(1, 10**6))
-        self.replayer = Replayer(self.store, self.conf, self.publish, self.fire, lambda: next(self.fresh_jids))
+        self.replayers = {}  # engine -> Replayer; all publish through this harness
+        self.replayer = self.replayer_for("e1")
+        self.pids = iter(range(1000, 10**6))  # serve(): every call is a new minion process
+        self.last_step = None
 
     def publish(self, minion, jid, job, attempt, extra_meta=None):
         if self.publish_error:
@@ -75,10 +80,44 @@ class Harness:
     def record(self, *events):
         return self.recorder.record(list(events))
 
+    def replayer_for(self, engine):
+        """The replayer of one engine (one master) on the shared fake Redis."""
+        if engine not in self.replayers:
+            self.replayers[engine] = Replayer(
+                self.store, self.conf, self.publish, self.fire, lambda: next(self.fresh_jids), engine=engine
+            )
+        return self.replayers[engine]
+
+    def now_ms(self):
+        """The clock the store's scripts see, in ms."""
+        return int(self.clock.now * 1000)
+
+    def start(self, minion, pid="100", at=None, engine="e1"):
+        """engine's master saw minion (process pid; '' unknown) connect at `at` (epoch s; default now)."""
+        stamp = self.clock.now if at is None else at
+        return self.store.note_starts(engine, {minion: (int(stamp * 1000), pid)})[minion][0]
+
+    def step(self, minion, engine="e1"):
+        self.last_step = self.replayer_for(engine).step(minion)
+        return self.last_step
+
+    def drive(self, minion, engine="e1", limit=50):
+        """Step minion until it waits or has nothing to do; returns what was published meanwhile."""
+        before = len(self.published)
+        for _ in range(limit):
+            step = self.step(minion, engine)
+            if step.probe or step.due_ms is None or step.due_ms > self.now_ms():
+                return self.published[before:]
+        raise AssertionError(f"{minion} never came to rest: {self.last_step}")
+
     def serve(self, minion, started_at=None):
-        """Serve a start of minion whose process started at started_at (epoch s; default now)."""
-        started = self.clock.now if started_at is None else started_at
-        return self.replayer.serve(minion, int(started * 1000))
+        """A new process of minion connected at started_at (default now); drive its sequence."""
+        self.start(minion, str(next(self.pids)), started_at)
+        before = len(self.publish_meta)
+        published = self.drive(minion)
+        metas = self.publish_meta[before:]
+        replayed = [meta.get("orig_jid", jid) for (_, jid, _, _), meta in zip(published, metas, strict=True)]
+        return SimpleNamespace(replayed=replayed, step=self.last_step)
 
 
 @pytest.fixture

@@ -222,7 +222,7 @@ def test_stats_and_prometheus(env):
     assert counts["tracked_jobs"] == 2 and counts["pending_total"] == 4 and counts["queued"] == 4
     assert counts["pending_by_minion"] == {"db1": 1, "web1": 2, "web2": 1}  # replayed, not yet returned
     assert counts["replays"] == 1
-    assert counts["oldest_pending_age_seconds"] == 30
+    assert counts["oldest_pending_age_seconds"] == 36  # published 6 s before the sweep, 30 s ago
     text = run(env, "stats", format="prometheus")
     assert "# TYPE salt_job_retry_replays_total counter\nsalt_job_retry_replays_total 1\n" in text
     assert 'salt_job_retry_pending{minion="web1"} 2' in text
