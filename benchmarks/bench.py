@@ -22,6 +22,7 @@ Usage: benchmarks/run.sh [--quick]   (sets up the peer venv, then runs this)
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
 import importlib.util
 import json
@@ -260,7 +261,14 @@ class Bench:
 
     def replay(self, owed_counts: list[int]) -> None:
         handed = []
-        replayer = Replayer(self.store, self.conf, lambda m, j, job, a, e=None: handed.append(j), lambda d, t: None)
+        conf = dataclasses.replace(self.conf, supersede_functions=())  # 100 distinct jobs, not one superseding
+        replayer = Replayer(
+            store.Store(self.client, conf),
+            conf,
+            lambda m, j, job, a, e=None: handed.append(j),
+            lambda d, t: None,
+            engine="bench",
+        )
         recorder = Recorder(self.store, self.conf, Spool(self.spool_dir, 1 << 20))
         old = (datetime.datetime.now(datetime.timezone.utc) - datetime.timedelta(hours=1)).isoformat()
         for owed in owed_counts:
@@ -271,10 +279,12 @@ class Bench:
                 self.store.sweep()
                 return int(time.time() * 1000)
 
-            def ours(started_ms, owed=owed):
+            def ours(started_ms):
+                # A start, then the first replay out: one job at a time, so the first is the latency.
                 handed.clear()
-                replayer.serve("web3", started_ms)
-                assert len(handed) == owed, (len(handed), owed)
+                self.store.note_starts("bench", {"web3": (started_ms, str(started_ms))})
+                replayer.step("web3")
+                assert len(handed) == 1, handed
 
             def bare(_):
                 pipe = self.client.pipeline(transaction=False)
@@ -290,7 +300,13 @@ class Bench:
             a = self.measure(setup, ours)
             b = self.measure(setup, bare)
             self.report(
-                f"replay latency, {owed} owed job(s)", a, b, "bare reads", "ms", 1000, "<= 50 ms" if owed == 100 else ""
+                f"start to first replay, {owed} owed job(s)",
+                a,
+                b,
+                "bare reads",
+                "ms",
+                1000,
+                "<= 50 ms" if owed == 100 else "",
             )
 
     # -- 4. sweep ------------------------------------------------------------------------
