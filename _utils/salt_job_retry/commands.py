@@ -197,6 +197,7 @@ def retry(env: Env, jid: str) -> dict:
                 log.error("job_retry: retry of %s to %s failed: %s", jid, minion, exc)
                 result["queued"].append(minion)
                 continue
+            env.store.mark_retried(jid, minion, fresh)  # the engine must not replay it to this process too
             fire_action(env.fire, "replayed", jid, minion, fun=job.get("fun"), attempt=0, retry_jid=fresh)
             result["published"].append(minion)
         result["retry_jid"] = fresh

@@ -193,7 +193,7 @@ class Recorder:
             return False
         if is_refusal(data):
             log.info("job_retry: %s refused %s (a state run was running); still owed", minion, jid)
-            self.store.stage_refusal(batch, replay_origin(data) or jid, minion)
+            self.store.stage_refusal(batch, replay_origin(data) or jid, minion, jid)
             self._notice("refused", jid, minion, data)
             return True
         self.store.stage_return(batch, replay_origin(data) or jid, minion)

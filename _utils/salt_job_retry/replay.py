@@ -48,6 +48,7 @@ class Step:
     pend_ms: int = 0  # the unidentified (re)connection's stamp
     waiting_for: tuple[str, ...] = ()  # jids whose return or ack should wake the minion
     published: str = ""  # the jid replayed by this step
+    held_by: str = ""  # another engine holds the sequence: hand it the wake-up
 
 
 def supersede_key(job: dict | None, patterns: tuple[str, ...]) -> str | None:
@@ -100,7 +101,7 @@ class Replayer:
         """
         view = self.store.take(self.engine, minion)
         if view is None:  # another engine holds it
-            return Step()
+            return Step(held_by=self.store.held_by)
         if view.pend_ms or not view.proc:
             return Step(probe=True, pend_ms=view.pend_ms)
         looks = self.store.look(minion, view) if view.queue else []
@@ -136,7 +137,10 @@ class Replayer:
             return Step(view.now_ms + math.ceil(1000 / self.conf.max_replays_per_second))
         if not self.store.seq_set(self.engine, minion, cur=head.jid, pub="", wait=f"+{self.wait_ms}"):
             return Step()  # another engine took the sequence over meanwhile
-        claim = self.store.claim(minion, view, head.jid, head.published, mode)
+        # A fresh jid when the original may not do: replay_jid new, or a re-send after a refusal.
+        may_need = self.conf.replay_jid == "new" or head.state == "refused" or mode == "again"
+        fresh = self.new_jid() if self.new_jid is not None and may_need else ""
+        claim = self.store.claim(minion, view, head.jid, head.published, mode, fresh)
         if claim.state in ("exhausted", "interrupted"):
             self._settled(minion, claim)
             return Step(view.now_ms)
@@ -180,18 +184,17 @@ class Replayer:
     def _publish(self, minion: str, claim: Claim) -> str:
         """Publish the claimed replay; returns the jid it went out under, or '' if it failed."""
         fun = claim.job.get("fun")
-        pub_jid, extra = claim.jid, {}
+        pub_jid = claim.pub_jid or claim.jid
+        extra = {"orig_jid": claim.jid} if pub_jid != claim.jid else {}
         try:
-            # A refused run's jid is in the minion's jid queue: the same jid would be dropped.
-            if (self.conf.replay_jid == "new" or claim.kind == "refusal") and self.new_jid is not None:
-                pub_jid, extra = self.new_jid(), {"orig_jid": claim.jid}
+            if extra:  # the fresh jid's return closes the original
                 self.store.register_alias(pub_jid, claim.jid)
             self.publish(minion, pub_jid, claim.job, claim.attempt, extra)
         except Exception as exc:  # one failed publish must not stop the rest
             log.error("job_retry: replay of %s (%s) to %s failed: %s", claim.jid, fun, minion, exc)
             return ""
-        log.info("job_retry: replayed %s (%s) to %s, attempt %d", claim.jid, fun, minion, claim.attempt)
-        data = {"fun": fun, "attempt": claim.attempt, **({"replay_jid": pub_jid} if pub_jid != claim.jid else {})}
+        log.info("job_retry: replayed %s (%s) to %s as %s, attempt %d", claim.jid, fun, minion, pub_jid, claim.attempt)
+        data = {"fun": fun, "attempt": claim.attempt, **({"replay_jid": pub_jid} if extra else {})}
         if claim.kind == "refusal":
             data["after_refusal"] = True
         fire_action(self.fire, "replayed", claim.jid, minion, **data)
@@ -221,6 +224,7 @@ class EngineLoop:
     DUE_PER_PASS = 200
     IDLE_POLL = 1.0
     PROBE_TRIES = 3
+    REFUSAL_KEEP = 60.0
 
     def __init__(
         self,
@@ -249,7 +253,7 @@ class EngineLoop:
         self.next_spool_check = 0.0
         self.starts: dict[str, tuple[int, str]] = {}  # seen, not yet written: minion -> (stamp ms, pid)
         self.noted: list[dict] = []  # returns/acks/refusals to write before acting on them
-        self.refused: list[tuple[str, str]] = []
+        self.refused: dict[tuple[str, str], float] = {}  # (jid, minion) -> give up writing it at (clock)
         self.acked: set[str] = set()
         self.woken: set[str] = set()
         self.waiting: dict[str, tuple[str, ...]] = {}  # minion -> jids whose return wakes it
@@ -301,7 +305,7 @@ class EngineLoop:
                 self.acked.add(minion)
         elif parts[3] == "ret" and is_refusal(data):
             self.noted.append({"tag": tag, "data": data})
-            self.refused.append((replay_origin(data) or jid, minion))
+            self.refused.setdefault((replay_origin(data) or jid, minion), self.clock() + self.REFUSAL_KEEP)
 
     def _wait(self) -> float:
         if self.starts or self.woken or self.noted:
@@ -335,8 +339,9 @@ class EngineLoop:
             self.recorder.record(self.noted)  # idempotent: the returner writes them too; spools on failure
         self.noted = []
         if self.refused:  # due after the first backoff: the state run that refused it is still going
-            self.store.enqueue_refused(self.engine, self.refused, refusal_backoff_ms(1))
-            self.refused = []
+            later = self.store.enqueue_refused(self.engine, list(self.refused), refusal_backoff_ms(1))
+            # the returner has not written those jobs yet: keep them a while (the sweep is the backstop)
+            self.refused = {pair: self.refused[pair] for pair in later if self.refused[pair] > self.clock()}
         while self.acked:
             minion = next(iter(self.acked))
             self.store.seq_set(self.engine, minion, acks="1")
@@ -386,6 +391,8 @@ class EngineLoop:
 
     def _schedule(self, minion: str, step: Step) -> None:
         self.store.schedule(self.engine, minion, step.due_ms)
+        if step.held_by:  # the engine holding the sequence acts on it (a return, a refusal)
+            self.store.wake([minion], None)
         if step.due_ms is None or not step.waiting_for:
             self.waiting.pop(minion, None)
         else:

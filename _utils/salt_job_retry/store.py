@@ -123,12 +123,14 @@ local seq, engine, pid, stamp = KEYS[1], ARGV[1], ARGV[2], tonumber(ARGV[3])
 local now = now_ms(ARGV[6])
 local f = redis.call('HMGET', seq, 'proc', 'owner', 'lease', 'born', 'pend')
 local proc, owner, lease, born = f[1], f[2], tonumber(f[3] or '0'), tonumber(f[4] or '0')
-redis.call('EXPIRE', seq, ARGV[5])
 if pid == '' then
-  if stamp > tonumber(f[5] or '-1') then redis.call('HSET', seq, 'pend', stamp) end
+  -- pend_by: the engine that saw it may take the sequence over to identify the process
+  if stamp > tonumber(f[5] or '-1') then redis.call('HSET', seq, 'pend', stamp, 'pend_by', engine) end
+  redis.call('EXPIRE', seq, ARGV[5])
   return {'resolve'}
 end
-if tonumber(f[5] or '-1') <= stamp then redis.call('HDEL', seq, 'pend') end
+redis.call('EXPIRE', seq, ARGV[5])
+if tonumber(f[5] or '-1') <= stamp then redis.call('HDEL', seq, 'pend', 'pend_by') end
 if proc == pid then
   if stamp > tonumber(redis.call('HGET', seq, 'started') or '0') then redis.call('HSET', seq, 'started', stamp) end
   if owner == engine or not owner or lease < now then
@@ -142,6 +144,7 @@ if proc and stamp == 0 then stamp = now end
 if proc and stamp < born then return {'stale'} end
 redis.call('HSET', seq, 'proc', pid, 'born', stamp, 'started', stamp, 'owner', engine, 'lease', now + tonumber(ARGV[4]))
 redis.call('HDEL', seq, 'wait')
+redis.call('EXPIRE', seq, ARGV[5])
 return {'new'}
 """
 )
@@ -156,7 +159,9 @@ local seq, engine = KEYS[1], ARGV[1]
 local now = now_ms(ARGV[5])
 local owner = redis.call('HGET', seq, 'owner')
 local lease = tonumber(redis.call('HGET', seq, 'lease') or '0')
-if owner and owner ~= engine and lease >= now then return {'other', owner} end
+-- a start only this engine saw (a failover minion now on its master) outranks a live lease
+local claimant = redis.call('HGET', seq, 'pend_by')
+if owner and owner ~= engine and lease >= now and claimant ~= engine then return {'other', owner} end
 redis.call('HSET', seq, 'owner', engine, 'lease', now + tonumber(ARGV[2]))
 redis.call('EXPIRE', seq, ARGV[4])
 local f = redis.call('HMGET', seq, 'proc', 'started', 'cur', 'wait', 'acks', 'pend', 'born', 'pub')
@@ -191,7 +196,9 @@ _PAIR = (
     + """
 -- KEYS: job, targets, returned, retry
 -- ARGV: minion, proc, started_ms, published_ms, mode, max_attempts, replay_interrupted,
---       ttl, max_refusals, now, born_ms
+--       ttl, max_refusals, now, born_ms, fresh jid ('' if none), replay_jid mode, jid
+-- A claim records in j:<id> the jid the replay goes out under: the original, or the fresh
+-- one (replay_jid: new, or a refused run: the minion's jid queue holds the original).
 -- Where one (jid, minion) stands for the minion process `proc` that connected at
 -- started_ms; mode 'look' only reads, 'claim'/'again' take the next replay.
 --   done      returned, final, expired, or not a target: drop it from the queue
@@ -238,10 +245,19 @@ if state == 'refused' then
     redis.call('PEXPIRE', r, ttl)
     return {'exhausted', n}
   end
-  redis.call('HSET', r, 'c:' .. m, c + 1, 'p:' .. m, proc, 't:' .. m, now)
+  local pub = ARGV[12] ~= '' and ARGV[12] or ARGV[14]
+  redis.call('HSET', r, 'c:' .. m, c + 1, 'p:' .. m, proc, 't:' .. m, now, 'j:' .. m, pub)
   redis.call('HDEL', r, 'k:' .. m, 'd:' .. m)
   redis.call('PEXPIRE', r, ttl)
-  return {'claimed', n, job, 'refusal'}
+  return {'claimed', n, job, 'refusal', pub}
+end
+if mode == 'again' and state == 'sent' and c > 0 then
+  -- sent again after a refusal: the original jid would be dropped, so a fresh one, as a refusal
+  local pub = ARGV[12] ~= '' and ARGV[12] or ARGV[14]
+  redis.call('HSET', r, 't:' .. m, now, 'j:' .. m, pub)
+  redis.call('HDEL', r, 'd:' .. m)
+  redis.call('PEXPIRE', r, ttl)
+  return {'claimed', n, job, 'refusal', pub}
 end
 if state == 'owed' or (mode == 'again' and state == 'sent') then
   if n >= tonumber(ARGV[6]) then
@@ -249,10 +265,12 @@ if state == 'owed' or (mode == 'again' and state == 'sent') then
     redis.call('PEXPIRE', r, ttl)
     return {'exhausted', n}
   end
-  redis.call('HSET', r, 'a:' .. m, n + 1, 'p:' .. m, proc, 't:' .. m, now)
+  local pub = ARGV[14]
+  if ARGV[13] == 'new' and ARGV[12] ~= '' then pub = ARGV[12] end
+  redis.call('HSET', r, 'a:' .. m, n + 1, 'p:' .. m, proc, 't:' .. m, now, 'j:' .. m, pub)
   redis.call('HDEL', r, 'd:' .. m, 'k:' .. m)
   redis.call('PEXPIRE', r, ttl)
-  return {'claimed', n + 1, job, 'attempt'}
+  return {'claimed', n + 1, job, 'attempt', pub}
 end
 return {state, n}
 """
@@ -270,7 +288,9 @@ return 1
 _RECORD_REFUSAL = (
     _NOW
     + """
--- KEYS: targets, returned, retry   ARGV: ttl, minion, now
+-- KEYS: targets, returned, retry   ARGV: ttl, minion, now, jid the refused run had
+-- Only a refusal of the latest delivery (j:<id>) counts: a late copy of an older one must
+-- not mark the re-send that replaced it.
 -- Salt refused to start the job (another state run was running): not a return. The
 -- marker names the delivery it refused ('0': the original publish), so a later
 -- replay of the pair clears it.
@@ -278,6 +298,8 @@ local m = ARGV[2]
 if redis.call('SISMEMBER', KEYS[1], m) == 0 then return 0 end
 if redis.call('SISMEMBER', KEYS[2], m) == 1 then return 0 end
 if redis.call('HEXISTS', KEYS[3], 'x:' .. m) == 1 then return 0 end
+local latest = redis.call('HGET', KEYS[3], 'j:' .. m)
+if latest and latest ~= ARGV[4] then return 0 end
 redis.call('HSET', KEYS[3], 'k:' .. m, redis.call('HGET', KEYS[3], 't:' .. m) or '0', 'r:' .. m, now_ms(ARGV[3]))
 redis.call('EXPIRE', KEYS[3], ARGV[1])
 return 1
@@ -333,17 +355,14 @@ return granted
 """
 
 _RELEASE = """
--- KEYS: retry   ARGV: minion, kind ('attempt' | 'refusal').  Undo a claim whose publish failed.
+-- KEYS: retry   ARGV: minion, kind ('attempt' | 'refusal'), ttl
+-- A claim whose publish failed: owed again. The attempt (or refusal) stays counted: a
+-- publish that raised may still have gone out, and a failing one must not loop forever.
 local m = ARGV[1]
-if ARGV[2] == 'attempt' then
-  local n = tonumber(redis.call('HGET', KEYS[1], 'a:' .. m) or '0')
-  if n > 0 then redis.call('HSET', KEYS[1], 'a:' .. m, n - 1) end
-  redis.call('HDEL', KEYS[1], 'p:' .. m, 't:' .. m)
-else
-  local c = tonumber(redis.call('HGET', KEYS[1], 'c:' .. m) or '0')
-  if c > 0 then redis.call('HSET', KEYS[1], 'c:' .. m, c - 1) end
-  redis.call('HSET', KEYS[1], 'k:' .. m, redis.call('HGET', KEYS[1], 't:' .. m) or '0')
-end
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+redis.call('HDEL', KEYS[1], 'p:' .. m, 't:' .. m, 'j:' .. m)
+if ARGV[2] == 'refusal' then redis.call('HSET', KEYS[1], 'k:' .. m, '0') end
+redis.call('EXPIRE', KEYS[1], ARGV[3])
 return 1
 """
 
@@ -460,6 +479,7 @@ class Claim:
     attempt: int = 0
     job: dict | None = None
     kind: str = ""  # for claimed: "attempt" (a replay) or "refusal" (again after a refusal)
+    pub_jid: str = ""  # for claimed: the jid to publish under
 
 
 @dataclass
@@ -616,6 +636,7 @@ class Store:
         self.conf = conf
         self.keys = Keys(conf.key_prefix)
         self.clock = clock
+        self.held_by = ""  # after take() answered None: the engine holding the sequence
 
     # -- plumbing -----------------------------------------------------------------
 
@@ -655,6 +676,23 @@ class Store:
         # (pending() and claims skip and remove entries whose minion returned).
         k = self.keys
         batch.script("record_return", [k.targets(jid), k.returned(jid)], [self.conf.ttl, minion])
+
+    def mark_retried(self, jid: str, minion: str, pub_jid: str) -> None:
+        """
+        An operator's `retry` published jid to the minion's current process as pub_jid: the
+        engine must not replay it to that process too (it waits for pub_jid's return).
+        """
+        k = self.keys
+        proc = guard(self.conf, self.client.hget, k.seq(minion), "proc")
+        now_ms = int(self.clock() * 1000)
+        fields = {f"p:{minion}": _text(proc) if proc else f"retry:{pub_jid}", f"t:{minion}": now_ms}
+        fields[f"j:{minion}"] = pub_jid
+        self.run(
+            lambda b: (
+                b.call("HSET", k.retry(jid), *[x for kv in fields.items() for x in kv]),
+                b.call("EXPIRE", k.retry(jid), self.conf.ttl),
+            )
+        )
 
     def register_alias(self, new_jid: str, orig_jid: str) -> None:
         """Mark a fresh jid (from `retry`) as a copy of orig_jid, before it is published."""
@@ -714,6 +752,9 @@ class Store:
                 b.call("EXPIRE", k.stats, ttl)
 
         self.run(enqueue)
+        # A connected minion's start may have been served before these were known (the returner
+        # was behind, or a refusal came later): its engine looks again.
+        self.wake([minion for _, minion, new, _ in owed if new], None)
         return [(jid, minion, job) for jid, minion, new, job in owed if new]
 
     # -- replay sequence (engine) --------------------------------------------------------
@@ -777,7 +818,7 @@ class Store:
         return int(self.conf.claim_lease * 1000)
 
     def take(self, engine: str, minion: str, peek: int = 50) -> SeqView | None:
-        """The minion's sequence, held for `engine`; None while another engine holds it."""
+        """The minion's sequence, held for `engine`; None while another engine holds it (see held_by)."""
         k, now = self.keys, self.now_arg()
         (r,) = self.run(
             lambda b: b.script(
@@ -785,6 +826,7 @@ class Store:
             )
         )
         if _text(r[0]) != "mine":
+            self.held_by = _text(r[1])
             return None
         head = r[8]
         return SeqView(
@@ -800,7 +842,9 @@ class Store:
             pub=_text(r[10]),
         )
 
-    def _pair_args(self, minion: str, view: SeqView, published: float, mode: str) -> list[Any]:
+    def _pair_args(
+        self, minion: str, view: SeqView, jid: str, published: float, mode: str, fresh: str = ""
+    ) -> list[Any]:
         conf = self.conf
         return [
             minion,
@@ -814,6 +858,9 @@ class Store:
             conf.max_refusals,
             self.now_arg(),
             view.born_ms,
+            fresh,
+            conf.replay_jid,
+            jid,
         ]
 
     def _pair_keys(self, jid: str) -> list[str]:
@@ -825,7 +872,7 @@ class Store:
         entries = view.queue
         results = self.run(
             lambda b: [
-                b.script("pair", self._pair_keys(jid), self._pair_args(minion, view, published, "look"))
+                b.script("pair", self._pair_keys(jid), self._pair_args(minion, view, jid, published, "look"))
                 for jid, published in entries
             ]
         )
@@ -840,14 +887,18 @@ class Store:
                 )
         return looks
 
-    def claim(self, minion: str, view: SeqView, jid: str, published: float, mode: str = "claim") -> Claim:
-        """Atomically take the next replay of jid to the minion's process (see _PAIR)."""
-        (r,) = self.run(
-            lambda b: b.script("pair", self._pair_keys(jid), self._pair_args(minion, view, published, mode))
-        )
+    def claim(
+        self, minion: str, view: SeqView, jid: str, published: float, mode: str = "claim", fresh: str = ""
+    ) -> Claim:
+        """
+        Atomically take the next replay of jid to the minion's process (see _PAIR); `fresh`
+        is the jid to publish under when the original cannot be used.
+        """
+        args = self._pair_args(minion, view, jid, published, mode, fresh)
+        (r,) = self.run(lambda b: b.script("pair", self._pair_keys(jid), args))
         state = _text(r[0])
         if state == "claimed":
-            return Claim(jid, state, int(r[1]), unpack(r[2]), kind=_text(r[3]))
+            return Claim(jid, state, int(r[1]), unpack(r[2]), kind=_text(r[3]), pub_jid=_text(r[4]))
         return Claim(jid, state, int(r[1]) if len(r) > 1 and not isinstance(r[1], bytes) else 0)
 
     def seq_set(self, engine: str, minion: str, **fields: Any) -> bool:
@@ -862,7 +913,7 @@ class Store:
         return bool(r)
 
     def release(self, jid: str, minion: str, kind: str = "attempt") -> None:
-        self.run(lambda b: b.script("release", [self.keys.retry(jid)], [minion, kind]))
+        self.run(lambda b: b.script("release", [self.keys.retry(jid)], [minion, kind, self.conf.ttl]))
 
     def settle(self, jid: str, minion: str, state: str, by: str = "") -> bool:
         """Mark a pair final (superseded, ...) unless it returned or is final already."""
@@ -913,23 +964,44 @@ class Store:
         )
         return [_text(m) for m in r]
 
-    def enqueue_refused(self, engine: str, pairs: list[tuple[str, str]], hold_ms: int = 0) -> None:
-        """Queue refused (jid, minion) pairs in publish order and wake their minions on this engine."""
+    def enqueue_refused(self, engine: str, pairs: list[tuple[str, str]], hold_ms: int = 0) -> list[tuple[str, str]]:
+        """
+        Queue refused (jid, minion) pairs in publish order and wake whoever serves each minion.
+        Returns the pairs whose job is not recorded yet (the returner is behind): try again later.
+        """
         k, ttl = self.keys, self.conf.ttl
         jids = sorted({jid for jid, _ in pairs})
         scores = self.run(lambda b: [b.call("ZSCORE", k.jobs, jid) for jid in jids])
         published = {jid: float(s) for jid, s in zip(jids, scores, strict=True) if s is not None}
+        known = [(jid, m) for jid, m in pairs if jid in published]
+
+        def fill(b: Batch) -> None:
+            for jid, m in known:
+                b.call("ZADD", k.queue(m), "NX", published[jid], jid)
+                b.call("EXPIRE", k.queue(m), ttl)
+                b.call("ZADD", k.queues, published[jid], m)
+            b.call("EXPIRE", k.queues, ttl)
+
+        if known:
+            self.run(fill)
+            self.wake([m for _, m in known], engine, hold_ms)
+        return [(jid, m) for jid, m in pairs if jid not in published]
+
+    def wake(self, minions: list[str], fallback: str | None, hold_ms: int = 0) -> None:
+        """Put minions on the work set of the engine serving each (or `fallback`'s), due in hold_ms."""
+        minions = list(dict.fromkeys(minions))
+        if not minions:
+            return
+        k, ttl = self.keys, self.conf.ttl
+        owners = self.run(lambda b: [b.call("HGET", k.seq(m), "owner") for m in minions])
         due = int(time.time() * 1000) + hold_ms  # a short hold: a master's clock is close enough
 
         def fill(b: Batch) -> None:
-            for jid, m in pairs:
-                if jid in published:
-                    b.call("ZADD", k.queue(m), "NX", published[jid], jid)
-                    b.call("EXPIRE", k.queue(m), ttl)
-                    b.call("ZADD", k.queues, published[jid], m)
-                    b.call("ZADD", k.active(engine), due, m)
-            b.call("EXPIRE", k.queues, ttl)
-            b.call("EXPIRE", k.active(engine), ttl)
+            for m, owner in zip(minions, owners, strict=True):
+                engine = _text(owner) if owner else fallback
+                if engine:
+                    b.call("ZADD", k.active(engine), "LT", due, m)
+                    b.call("EXPIRE", k.active(engine), ttl)
 
         self.run(fill)
 
@@ -978,12 +1050,11 @@ class Store:
             **{name: counters.get(name, 0) for name in self.COUNTERS},
         }
 
-    def stage_refusal(self, batch: Batch, jid: str, minion: str) -> None:
+    def stage_refusal(self, batch: Batch, jid: str, minion: str, run_jid: str) -> None:
         """Salt refused to start the job on minion (a state run was running): still owed."""
         k = self.keys
-        batch.script(
-            "record_refusal", [k.targets(jid), k.returned(jid), k.retry(jid)], [self.conf.ttl, minion, self.now_arg()]
-        )
+        args = [self.conf.ttl, minion, self.now_arg(), run_jid]
+        batch.script("record_refusal", [k.targets(jid), k.returned(jid), k.retry(jid)], args)
 
     def stage_delivery(self, batch: Batch, jid: str, minion: str, at_ms: int) -> None:
         """A minion acknowledged the job (``salt/job/<jid>/start/<id>``, Salt 3008 start_event)."""

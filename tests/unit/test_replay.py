@@ -207,17 +207,28 @@ def test_expired_job_is_dropped_from_the_queue(h):
     assert queue(h) == []
 
 
-def test_failed_publish_gives_the_attempt_back(h):
+def test_failed_publish_is_owed_again_and_keeps_its_attempt(h):
     owed_jobs(h, JID)
     h.start("beta")
     h.publish_error = RuntimeError("master said no")
     step = h.step("beta")
     assert step.due_ms == h.now_ms() + 5000 and not step.published
-    assert retry_field(h, JID, "a") == "0" and h.store.sequence("beta").get("cur") is None
+    # the attempt stays counted: a publish that raised may have gone out, and retries are bounded
+    assert retry_field(h, JID, "a") == "1" and h.store.sequence("beta").get("cur") is None
     assert h.tags("replayed") == []
     h.publish_error = None
     h.clock.advance(5)
-    assert h.drive("beta") == [("beta", JID, "cmd.run", 1)]
+    assert h.drive("beta") == [("beta", JID, "cmd.run", 2)]
+
+
+def test_publish_that_keeps_failing_stops_after_max_attempts(h):
+    owed_jobs(h, JID)
+    h.start("beta")
+    h.publish_error = RuntimeError("timed out (the master may have published it)")
+    for _ in range(10):
+        h.drive("beta")
+        h.clock.advance(5)
+    assert state(h, JID)["state"] == "exhausted" and retry_field(h, JID, "a") == "3"
 
 
 def test_job_that_kills_its_minion_stops_after_max_attempts(h):
@@ -410,7 +421,7 @@ def test_one_process_seen_by_two_engines_is_served_once(make, replay_jid):
     assert h.start("beta", engine="e1") == "new"
     assert len(h.drive("beta", engine="e1")) == 1
     assert h.store.note_starts("e2", {"beta": (h.now_ms(), "100")}) == {"beta": ["same-owned", "e1"]}
-    assert h.step("beta", engine="e2") == Step()
+    assert h.step("beta", engine="e2") == Step(held_by="e1")
     h.clock.advance(h.conf.claim_lease + 1)  # even with e1's hold run out
     assert h.start("beta", engine="e2") == "same"
     assert h.drive("beta", engine="e2") == []
@@ -522,7 +533,7 @@ def test_engine_crash_mid_sequence_another_engine_continues_it(h):
     owed_jobs(h, OLDER, JID)
     h.start("beta", engine="e1")
     assert h.drive("beta", engine="e1") == [("beta", OLDER, "cmd.run", 1)]
-    assert h.step("beta", engine="e2") == Step()  # e1 holds the sequence
+    assert h.step("beta", engine="e2") == Step(held_by="e1")  # e1 holds the sequence
     h.clock.advance(h.conf.claim_lease + 1)  # e1 stopped
     assert h.drive("beta", engine="e2") == []  # OLDER is in flight: waited for, not sent again
     assert h.store.sequence("beta")["owner"] == "e2" and h.store.sequence("beta")["cur"] == OLDER
@@ -541,7 +552,7 @@ def test_engine_dying_between_claim_and_publish_is_sent_after_the_lease(h):
     with pytest.raises(KeyboardInterrupt):
         h.step("beta", engine="e1")
     h.publish_error = None
-    assert h.step("beta", engine="e2") == Step()
+    assert h.step("beta", engine="e2") == Step(held_by="e1")
     h.clock.advance(h.conf.claim_lease + 1)
     assert h.drive("beta", engine="e2") == [("beta", JID, "cmd.run", 2)]
     assert h.drive("beta", engine="e2") == []
