@@ -109,11 +109,11 @@ class Replayer:
         live = [lk for lk in looks if lk.state != "done"]
         current = next((lk for lk in live if lk.jid == view.cur), None)
         again = None
-        if current is not None and current.state == "sent" and view.pub != view.cur:
+        if current is not None and current.state == "sent" and not view.pub:
             again = current  # its engine died between claim and publish: it may never have gone out
         elif current is not None and current.state == "sent":
             if view.now_ms < view.wait_ms:
-                return Step(view.wait_ms, waiting_for=self._waiting_for(current))
+                return Step(view.wait_ms, waiting_for=tuple({current.jid, view.pub}))
             if view.acks and not current.acked:  # an acknowledging minion never saw it: send it again
                 again = current
             else:
@@ -124,9 +124,6 @@ class Replayer:
             self.store.seq_set(self.engine, minion, cur="", wait="")
             return Step()
         return self._send(minion, view, candidates[0], "again" if candidates[0] is again else "claim")
-
-    def _waiting_for(self, look: Look) -> tuple[str, ...]:
-        return (look.jid,)
 
     def _send(self, minion: str, view: SeqView, head: Look, mode: str) -> Step:
         if head.state == "refused":  # sent_ms: when it was refused
@@ -151,7 +148,7 @@ class Replayer:
             self.store.release(claim.jid, minion, claim.kind)
             self.store.seq_set(self.engine, minion, cur="", wait="")
             return Step(view.now_ms + PUBLISH_FAILED_RETRY_MS)
-        self.store.seq_set(self.engine, minion, pub=claim.jid)
+        self.store.seq_set(self.engine, minion, pub=pub_jid)  # its return or ack wakes the minion
         self.store.count("replays" if claim.kind == "attempt" else "refusals", 1)
         return Step(view.now_ms + self.wait_ms, waiting_for=tuple({claim.jid, pub_jid}), published=claim.jid)
 

@@ -495,7 +495,7 @@ class SeqView:
     pend_ms: int  # stamp of a (re)connection whose process is not identified yet (0: none)
     queue: list[tuple[str, float]]  # (jid, published epoch s), oldest first
     born_ms: int = 0  # when that process first connected
-    pub: str = ""  # the in-flight replay whose publish completed (== cur unless an engine died mid-publish)
+    pub: str = ""  # the jid the in-flight replay went out under ('' if its engine died before publishing)
 
 
 @dataclass

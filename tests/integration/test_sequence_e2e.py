@@ -198,14 +198,6 @@ def test_pending_lists_owed_jobs_in_publish_order(lab):
 # ------------------------------------------------------------------------------ 2. startup_states
 
 
-STARTUP_BUG = (
-    "BUG (replay.py Replayer.step): a refused state run is re-sent under a fresh jid; the minion's"
-    " ack of that fresh jid (salt/job/<fresh>/start/<id>, replays always ask for it) re-steps the"
-    " sequence, which then waits only for the original jid (_waiting_for -> (look.jid,)); the"
-    " fresh jid's return wakes nothing and the next owed job goes out only after replay_wait (300 s)"
-)
-
-
 @pytest.fixture(
     params=[
         pytest.param(("pid-in-start-event", 3), id="pid-in-start-event-3-jobs"),
@@ -234,7 +226,6 @@ def startup_lab(request, tmp_path_factory):
         yield running, count
 
 
-@pytest.mark.xfail(strict=True, reason=STARTUP_BUG)
 def test_startup_highstate_and_missed_state_runs_each_run_once(startup_lab):
     lab, count = startup_lab
     base = down_beta(lab)

@@ -879,3 +879,27 @@ def test_loop_survives_unexpected_errors(h, caplog):
     loop.step()
     assert sleeps == [1.0]
     assert "unexpected error" in caplog.text
+
+
+def test_loop_ack_then_return_of_a_fresh_jid_re_send_moves_the_sequence_on(h):
+    # Found on real daemons: after the ack of the fresh-jid re-send, the engine waited only for
+    # the original jid, so the re-send's return woke nothing and the next job waited replay_wait.
+    h.record(new_event(jid=OLDER, minions=["beta"], fun="state.apply", arg=["one"], when=T0))
+    h.record(new_event(minions=["beta"], fun="state.apply", arg=["two"], when=T0 + 0.5))
+    h.clock.advance(1)
+    loop, clock, _ = loop_for(h, [start_event("beta", when=T0 + 1)], recorder=h.recorder)
+    loop.step()
+    assert h.published == [("beta", OLDER, "state.apply", 1)]
+    loop.feed.events.append(refusal_event("beta", jid=OLDER))
+    loop.step()
+    for i in range(1, 6):  # the backoff passes: OLDER goes out again under a fresh jid
+        clock[0] = i * 0.5
+        h.clock.advance(0.5)
+        loop.step()
+    fresh = h.published[-1][1]
+    assert fresh != OLDER and len(h.published) == 2
+    loop.feed.events.append(ack_event("beta", jid=fresh, metadata={"job_retry": {"orig_jid": OLDER}}))
+    loop.step()
+    loop.feed.events.append(replay_ret("beta", fresh, orig=OLDER, fun="state.apply"))
+    loop.step()
+    assert h.published[2:] == [("beta", JID, "state.apply", 1)]  # at once, not after replay_wait
