@@ -105,6 +105,10 @@ class Replayer:
         if view.pend_ms or not view.proc:
             return Step(probe=True, pend_ms=view.pend_ms)
         looks = self.store.look(minion, view) if view.queue else []
+        flushed_running = next((lk for lk in looks if lk.jid == view.cur and lk.final == "flushed" and view.pub), None)
+        if flushed_running is not None and view.now_ms < view.wait_ms:
+            # Flushed while it runs: the next job still waits for it (its return or its deadline).
+            return Step(view.wait_ms, waiting_for=tuple({view.cur, view.pub}))
         self.store.dequeue(minion, [lk.jid for lk in looks if lk.state == "done"])
         live = [lk for lk in looks if lk.state != "done"]
         current = next((lk for lk in live if lk.jid == view.cur), None)

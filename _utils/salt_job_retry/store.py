@@ -211,7 +211,14 @@ local m, proc, mode = ARGV[1], ARGV[2], ARGV[5]
 if redis.call('SISMEMBER', KEYS[3], m) == 1 then return {'done', 'returned'} end
 if redis.call('SISMEMBER', KEYS[2], m) == 0 then return {'done', 'unknown'} end
 local r = KEYS[4]
-local f = redis.call('HMGET', r, 'x:' .. m, 'p:' .. m, 't:' .. m, 'k:' .. m, 'd:' .. m, 'a:' .. m, 'c:' .. m, 'r:' .. m)
+local f = redis.call('HMGET', r, 'x:' .. m, 'p:' .. m, 't:' .. m, 'k:' .. m, 'd:' .. m, 'a:' .. m, 'c:' .. m, 'r:' .. m,
+                     'j:' .. m, 'u:' .. m)
+-- u:<id>: the last publish (under j:<id>) may have gone out though it failed or was not
+-- confirmed; sending it again under that same jid lets the minion drop a copy it has.
+local function pub_jid(default)
+  if (f[10] or mode == 'again') and f[9] then return f[9] end
+  return default
+end
 if f[1] then return {'done', f[1]} end
 local job = redis.call('GET', KEYS[1])
 if not job then return {'done', 'expired'} end
@@ -246,16 +253,17 @@ if state == 'refused' then
     return {'exhausted', n}
   end
   local pub = ARGV[12] ~= '' and ARGV[12] or ARGV[14]
+  if f[10] and f[9] then pub = f[9] end
   redis.call('HSET', r, 'c:' .. m, c + 1, 'p:' .. m, proc, 't:' .. m, now, 'j:' .. m, pub)
-  redis.call('HDEL', r, 'k:' .. m, 'd:' .. m)
+  redis.call('HDEL', r, 'k:' .. m, 'd:' .. m, 'u:' .. m)
   redis.call('PEXPIRE', r, ttl)
   return {'claimed', n, job, 'refusal', pub}
 end
 if mode == 'again' and state == 'sent' and c > 0 then
   -- sent again after a refusal: the original jid would be dropped, so a fresh one, as a refusal
-  local pub = ARGV[12] ~= '' and ARGV[12] or ARGV[14]
+  local pub = pub_jid(ARGV[12] ~= '' and ARGV[12] or ARGV[14])
   redis.call('HSET', r, 't:' .. m, now, 'j:' .. m, pub)
-  redis.call('HDEL', r, 'd:' .. m)
+  redis.call('HDEL', r, 'd:' .. m, 'u:' .. m)
   redis.call('PEXPIRE', r, ttl)
   return {'claimed', n, job, 'refusal', pub}
 end
@@ -266,9 +274,9 @@ if state == 'owed' or (mode == 'again' and state == 'sent') then
     return {'exhausted', n}
   end
   local pub = ARGV[14]
-  if ARGV[13] == 'new' and ARGV[12] ~= '' then pub = ARGV[12] end
+  if ARGV[13] == 'new' and ARGV[12] ~= '' then pub = pub_jid(ARGV[12]) end
   redis.call('HSET', r, 'a:' .. m, n + 1, 'p:' .. m, proc, 't:' .. m, now, 'j:' .. m, pub)
-  redis.call('HDEL', r, 'd:' .. m, 'k:' .. m)
+  redis.call('HDEL', r, 'd:' .. m, 'k:' .. m, 'u:' .. m)
   redis.call('PEXPIRE', r, ttl)
   return {'claimed', n + 1, job, 'attempt', pub}
 end
@@ -360,7 +368,8 @@ _RELEASE = """
 -- publish that raised may still have gone out, and a failing one must not loop forever.
 local m = ARGV[1]
 if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
-redis.call('HDEL', KEYS[1], 'p:' .. m, 't:' .. m, 'j:' .. m)
+redis.call('HDEL', KEYS[1], 'p:' .. m, 't:' .. m)
+redis.call('HSET', KEYS[1], 'u:' .. m, '1')  -- it may have gone out under j:<id>: reuse that jid
 if ARGV[2] == 'refusal' then redis.call('HSET', KEYS[1], 'k:' .. m, '0') end
 redis.call('EXPIRE', KEYS[1], ARGV[3])
 return 1
@@ -1124,7 +1133,7 @@ class Store:
         for m in minions:
             view = self.view(m)
             looks = self.look(m, view) if view.queue else []
-            stale[m] = [lk.jid for lk in looks if lk.state == "done"]
+            stale[m] = [lk.jid for lk in looks if lk.state == "done" and lk.jid != view.cur]
             if len(stale[m]) == len(looks):
                 empty.append(m)
             live = [lk for lk in looks if lk.state in self.PENDING_STATES]
@@ -1177,7 +1186,9 @@ class Store:
             ]
         )
         flushed = [jid for jid, done in zip(jids, results, strict=False) if done]
-        self.dequeue(minion, jids)
+        # The replay in flight stays queued: the engine keeps the next job waiting until it ends.
+        running = _text(guard(self.conf, self.client.hget, k.seq(minion), "cur") or b"")
+        self.dequeue(minion, [j for j in jids if j != running])
         return flushed
 
     def status(self, jid: str) -> dict | None:
