@@ -26,6 +26,7 @@ SETTLE = 5  # seconds to wait for a duplicate that must not come
 MASTERS = ("m1", "m2")
 PID_GRAINS = {"start_event_grains": ["pid"]}
 NEWJID_REPLAY_WAIT = 10
+FAILOVER_REPLAY_WAIT = 8
 
 PROFILES = {
     # hot multi-master: beta (and alpha) list both masters; pid in the start event
@@ -33,20 +34,21 @@ PROFILES = {
     # the same without start_event_grains: each engine asks the minion (grains.item pid)
     "hot-probe": {"masters": MASTERS, "minion_mode": "hot"},
     # replays under a fresh jid: the minion's own duplicate drop does not help. replay_wait is short
-    # so the sequence gets past the bug of test_fresh_jid_replay_return_moves_the_sequence_on
+    # so that a sequence that misses its wake-up shows as a gap of replay_wait, not a 300 s stall
     "hot-newjid": {
         "masters": MASTERS,
         "minion_mode": "hot",
         "minion_extra": PID_GRAINS,
         "job_retry": {"replay_jid": "new", "replay_wait": NEWJID_REPLAY_WAIT},
     },
-    # failover: beta talks to m1 only; a slow token bucket defers the replays
+    # failover: beta talks to m1 only; a slow token bucket defers the replays; a replay whose return
+    # Salt drops (its master died) holds the sequence only replay_wait
     "failover": {
         "masters": MASTERS,
         "minions": ("beta",),
         "minion_mode": "failover",
         "minion_extra": PID_GRAINS,
-        "job_retry": {"max_replays_per_second": 0.5},
+        "job_retry": {"max_replays_per_second": 0.5, "replay_wait": FAILOVER_REPLAY_WAIT},
     },
     # one master: a killed engine can only be continued by the engine Salt restarts
     "single": {"minions": ("beta",), "minion_extra": PID_GRAINS},
@@ -82,7 +84,8 @@ def ensure_up(lab, *minions):
 
 
 def beta_status(lab, jid, minion="beta"):
-    code, out = lab.run("job_retry.status", jid)
+    """The minion's entry in ``salt-run job_retry.status <jid>`` (run on a master that is up)."""
+    code, out = lab.run("job_retry.status", jid, master=next(m for m in lab.masters if lab.master_running(m)))
     assert code == 0 and isinstance(out, dict), out
     return out["minions"][minion]
 
@@ -94,6 +97,17 @@ def tagged(lab, minion, prefix):
 
 def seq(lab, minion="beta"):
     return lab.redis().hgetall(f"jr:{{m:{minion}}}:seq")
+
+
+def wait_swept(lab, jids, minion="beta", timeout=20):
+    """Wait until the sweep queued every jid for the minion (timeout 5 s + interval 2 s in the lab).
+
+    A minion down longer than ``timeout`` comes back to swept jobs; then no later sweep wakes its
+    sequence, which tests the engine's own wake-ups alone.
+    """
+    client = lab.redis()
+    key = f"jr:{{m:{minion}}}:queue"
+    assert wait_for(lambda: all(client.zscore(key, j) is not None for j in jids), timeout), client.zrange(key, 0, -1)
 
 
 def stats_counter(lab, name):
@@ -168,14 +182,14 @@ class FinalStates:
         self._thread.join(timeout=5)
 
 
-def assert_replayed_once_in_order(lab, prefix, jids, minion="beta"):
+def assert_replayed_once_in_order(lab, prefix, jids, minion="beta", settle=SETTLE):
     """Every job ran once on the minion, in publish order; one replay each across all masters."""
     want = [f"{prefix}{i} {minion}" for i in range(len(jids))]
     lines = lab.wait_lines(
         minion, lambda _: tagged(lab, minion, prefix) == want or len(tagged(lab, minion, prefix)) > len(want), 45
     )
     assert tagged(lab, minion, prefix) == want, (lines, seq(lab, minion))
-    time.sleep(SETTLE)
+    time.sleep(settle)
     assert tagged(lab, minion, prefix) == want, lab.trace_lines(minion)
     for jid in jids:
         # the original publish + one replay, across all masters
@@ -189,14 +203,20 @@ def assert_replayed_once_in_order(lab, prefix, jids, minion="beta"):
 
 # ------------------------------------------------------------------------------------- 1 and 2
 @profile("hot", "hot-probe")
-def test_hot_minion_gets_each_owed_job_once_in_order(mm):
-    """Both masters see beta start (same pid): one engine serves it, one replay per job in all."""
+def test_hot_minion_gets_each_owed_job_once_in_order(mm, request):
+    """Both masters see beta start (same pid): one engine serves it, one replay per job in all.
+
+    With pids in the start events beta comes back before the sweep (its start gathers the unswept
+    jobs); when the engines must ask for the pid, after the sweep (the jobs are queued already).
+    """
     ensure_up(mm, "alpha", "beta")
     mm.kill_minion("beta")
     prefix = "hot-"
     jids = [mm.publish_trace("*", "hot-0", master="m1"), mm.publish_trace("*", "hot-1", master="m2")]
     for i in range(2):
         assert mm.wait_trace("alpha", f"hot-{i}") == 1
+    if request.node.callspec.params["mm"] == "hot-probe":
+        wait_swept(mm, jids)
     assert [mm.wait_published(j, 1, master=m) for j, m in zip(jids, MASTERS, strict=True)] == [1, 1]
     assert [mm.published_counts(j) for j in jids] == [{"m1": 1, "m2": 0}, {"m1": 0, "m2": 1}]
     with FinalStates(mm, jids) as finals:
@@ -239,24 +259,28 @@ def test_hot_minion_with_fresh_replay_jids_runs_each_job_once(mm):
     assert stats_counter(mm, "interrupted") == 0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: with replay_jid: new, once the replay is acked the engine waits for its return under the "
-    "original jid only (Replayer._waiting_for), but it comes back under the fresh jid: the next owed job "
-    "goes out only after replay_wait (default 300 s)",
-)
 @profile("hot-newjid")
 def test_fresh_jid_replay_return_moves_the_sequence_on(mm):
-    """The next owed job goes out when the previous replay returned, not replay_wait later."""
+    """The next owed job goes out when the previous replay returned, not replay_wait later.
+
+    Regression: the engine used to wait, after the ack, for a return under the original jid only,
+    while it comes back under the fresh one (fixed in 51f31cc).
+    """
     ensure_up(mm, "alpha", "beta")
     mm.kill_minion("beta")
     prefix = "nw-"
-    jids = [mm.publish_trace("beta", f"nw-{i}", master="m1") for i in range(2)]
+    # each job sleeps 2 s, then writes its line: the ack comes well before the return (with a
+    # fast job the return may be recorded before the engine looks again after the ack, hiding the bug)
+    jids = [
+        mm.salt_async("beta", "cmd.run", "sleep 2; " + mm.trace_cmd(f"nw-{i}"), "template=jinja", master="m1")
+        for i in range(2)
+    ]
+    wait_swept(mm, jids)
     mm.start_minion("beta")
     mm.wait_lines("beta", lambda _: len(tagged(mm, "beta", prefix)) >= 1, 20)
     first = time.monotonic()
     assert tagged(mm, "beta", prefix) == ["nw-0 beta"]
-    # the first replay (an echo) returns within a second or two; the next should follow at once
+    # nw-0 returned right after writing its line: nw-1 should go out at once and write ~2 s later
     mm.wait_lines("beta", lambda _: len(tagged(mm, "beta", prefix)) >= 2, NEWJID_REPLAY_WAIT + 10)
     gap = time.monotonic() - first
     assert tagged(mm, "beta", prefix) == ["nw-0 beta", "nw-1 beta"]
@@ -287,6 +311,50 @@ def test_failover_minion_is_served_by_its_master_only(mm):
     assert len(times) == 3, times
     assert all(b - a >= 1.5 for a, b in zip(times, times[1:], strict=False)), times
     assert "beta connected" not in mm.master_log("m2")  # m2 never saw beta
+
+
+@pytest.mark.skipif(salt_version() < (3008,), reason="--start-event acknowledgements are new in Salt 3008")
+@profile("failover")
+def test_failover_master_dies_mid_sequence_the_new_master_continues(mm):
+    """m1 stops while beta runs the first replay: beta fails over to m2 (same pid); m2's engine adopts
+    m1's minions after 3 x claim_lease, asks beta through m2 and continues the sequence without
+    sending the job in flight again; m1 comes back and sends nothing.
+
+    Salt drops the in-flight job's return (the minion logs ``Skipping req for other master:
+    cmd=_return master=127.0.0.2``), so that job stays ``delivered`` and the next one goes out after
+    replay_wait (FAILOVER_REPLAY_WAIT here). A state run would not even finish: its file client
+    waits 45 s for the dead master, then fails (hence cmd.run jobs).
+    """
+    ensure_up(mm, "beta")
+    assert mm.connected_masters("beta") == ["m1"]
+    mm.kill_minion("beta")
+    prefix = "fd-"
+    jids = [
+        mm.salt_async("beta", "cmd.run", "sleep 3; " + mm.trace_cmd(f"fd-{i}"), "template=jinja", master="m1")
+        for i in range(3)
+    ]
+    client = mm.redis()
+    with FinalStates(mm, jids) as finals:
+        mm.start_minion("beta")
+        # stop m1 once beta acknowledged the first replay (it is running it): a publish m1 sent just
+        # before dying may never reach the minion, and then m2 rightly sends it again (attempt 2)
+        assert wait_for(lambda: client.hget(f"jr:{{{jids[0]}}}:retry", "d:beta"), 20, every=0.05), seq(mm)
+        offset = mm.minion_log_offset("beta")
+        mm.stop_master("m1")
+        mm.wait_minion("beta", count=1, since=offset)  # its ready line from m2
+        assert mm.connected_masters("beta") == ["m2"]
+        want = [f"fd-{i} beta" for i in range(3)]
+        mm.wait_lines("beta", lambda _: len(tagged(mm, "beta", prefix)) >= 3, FAILOVER_REPLAY_WAIT + 30)
+        assert tagged(mm, "beta", prefix) == want, (mm.trace_lines("beta"), seq(mm))
+        assert "went silent; taking over" in mm.master_log("m2")
+        mm.start_master("m1")  # its engine must not send anything again
+        time.sleep(SETTLE)
+    assert tagged(mm, "beta", prefix) == want
+    assert [mm.published_counts(j) for j in jids] == [{"m1": 2, "m2": 0}] + [{"m1": 1, "m2": 1}] * 2
+    assert [beta_status(mm, j)["attempts"] for j in jids] == [1, 1, 1]
+    assert [beta_status(mm, j)["state"] for j in jids] == ["delivered", "returned", "returned"]
+    assert finals.seen == {jid: set() for jid in jids}, finals.seen
+    assert stats_counter(mm, "interrupted") == 0
 
 
 # ------------------------------------------------------------------------------------- 5
@@ -366,6 +434,7 @@ def test_sigkilled_engine_is_restarted_by_salt_and_continues_the_sequence(mm):
     mm.kill_minion("beta")
     prefix = "kill-"
     jids = [mm.publish_state("beta", f"kill-{i}", sleep=3) for i in range(3)]
+    wait_swept(mm, jids)
     mm.start_minion("beta")
     assert wait_for(lambda: total_published(mm, jids[0]) == 2, 20, every=0.05)
     starts = engine_starts(mm, "master")
