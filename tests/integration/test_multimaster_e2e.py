@@ -17,6 +17,7 @@ import signal
 import threading
 import time
 from pathlib import Path
+from urllib.parse import quote
 
 import pytest
 
@@ -95,8 +96,19 @@ def tagged(lab, minion, prefix):
     return [line for line in lab.trace_lines(minion) if line.startswith(prefix)]
 
 
+_CLIENTS: dict[int, object] = {}
+
+
+def rds(lab):
+    """One Redis client per lab Redis (lab.redis() makes a new pool every call)."""
+    if lab.redis_port not in _CLIENTS:
+        _CLIENTS[lab.redis_port] = lab.redis()
+    return _CLIENTS[lab.redis_port]
+
+
 def seq(lab, minion="beta"):
-    return lab.redis().hgetall(f"jr:{{m:{minion}}}:seq")
+    """HGETALL of the minion's replay sequence (``jr:{m:<id>}:seq``)."""
+    return rds(lab).hgetall(f"jr:{{m:{minion}}}:seq")
 
 
 def wait_swept(lab, jids, minion="beta", timeout=20):
@@ -105,22 +117,44 @@ def wait_swept(lab, jids, minion="beta", timeout=20):
     A minion down longer than ``timeout`` comes back to swept jobs; then no later sweep wakes its
     sequence, which tests the engine's own wake-ups alone.
     """
-    client = lab.redis()
+    client = rds(lab)
     key = f"jr:{{m:{minion}}}:queue"
     assert wait_for(lambda: all(client.zscore(key, j) is not None for j in jids), timeout), client.zrange(key, 0, -1)
 
 
+def engine_id(lab, master):
+    """The engine's id in Redis (saltside.engine_id): ``<master id>@<interface>:<ret_port>``."""
+    return f"{lab.master_id(master)}@{lab.master_ip(master)}:{lab.ret_port}"
+
+
+def redis_now(lab):
+    seconds, micros = rds(lab).time()
+    return seconds + micros / 1e6
+
+
+def active_due_in(lab, master, minion="beta"):
+    """Seconds until the minion is due on the master's engine work set (None: not on it)."""
+    score = rds(lab).zscore(f"jr:{{active}}:{quote(engine_id(lab, master), safe='')}", minion)
+    return None if score is None else score / 1000 - redis_now(lab)
+
+
+def heartbeat_age(lab, engine):
+    """Seconds since the engine's last heartbeat (inf if it never beat)."""
+    score = rds(lab).zscore("jr:{active}:engines", engine)
+    return float("inf") if score is None else redis_now(lab) - score / 1000
+
+
 def stats_counter(lab, name):
-    return int(lab.redis().hget("jr:stats", name) or 0)
+    return int(rds(lab).hget("jr:stats", name) or 0)
 
 
 def total_published(lab, jid):
     return sum(lab.published_counts(jid).values())
 
 
-def master_of_engine(lab, engine_id):
+def master_of_engine(lab, engine):
     """The lab master whose engine id (``<master id>@<ip>:<port>``) this is."""
-    return next(m for m in lab.masters if engine_id.startswith(f"{lab.master_id(m)}@"))
+    return next(m for m in lab.masters if engine.startswith(f"{lab.master_id(m)}@"))
 
 
 def engine_pids(lab, master):
@@ -225,7 +259,7 @@ def test_hot_minion_gets_each_owed_job_once_in_order(mm, request):
     assert finals.seen == {jid: set() for jid in jids}, finals.seen  # never interrupted (nor anything final)
     assert stats_counter(mm, "interrupted") == 0
     assert [mm.trace_count("alpha", f"hot-{i}") for i in range(2)] == [1, 1]
-    # both engines noted the start; exactly one held the sequence
+    # both engines saw beta's start (the published counts above show one replay per job in all)
     for master in MASTERS:
         assert re.search(r"job_retry: beta connected \(", mm.master_log(master)), master
 
@@ -245,7 +279,7 @@ def test_hot_minion_with_fresh_replay_jids_runs_each_job_once(mm):
         mm.wait_lines("beta", lambda _: len(tagged(mm, "beta", prefix)) >= 2, 45)
         time.sleep(SETTLE)
         assert tagged(mm, "beta", prefix) == want, mm.trace_lines("beta")
-    client = mm.redis()
+    client = rds(mm)
     aliases = {}
     for key in client.scan_iter("jr:{*}:alias"):
         aliases.setdefault(client.get(key), []).append(key.split("{")[1].split("}")[0])
@@ -333,7 +367,7 @@ def test_failover_master_dies_mid_sequence_the_new_master_continues(mm):
         mm.salt_async("beta", "cmd.run", "sleep 3; " + mm.trace_cmd(f"fd-{i}"), "template=jinja", master="m1")
         for i in range(3)
     ]
-    client = mm.redis()
+    client = rds(mm)
     with FinalStates(mm, jids) as finals:
         mm.start_minion("beta")
         # stop m1 once beta acknowledged the first replay (it is running it): a publish m1 sent just
@@ -352,7 +386,9 @@ def test_failover_master_dies_mid_sequence_the_new_master_continues(mm):
     assert tagged(mm, "beta", prefix) == want
     assert [mm.published_counts(j) for j in jids] == [{"m1": 2, "m2": 0}] + [{"m1": 1, "m2": 1}] * 2
     assert [beta_status(mm, j)["attempts"] for j in jids] == [1, 1, 1]
-    assert [beta_status(mm, j)["state"] for j in jids] == ["delivered", "returned", "returned"]
+    # fd-0's return was dropped by Salt (see above): delivered, and never sent again (counts above)
+    assert beta_status(mm, jids[0])["state"] in ("delivered", "returned")
+    assert [beta_status(mm, j)["state"] for j in jids[1:]] == ["returned", "returned"]
     assert finals.seen == {jid: set() for jid in jids}, finals.seen
     assert stats_counter(mm, "interrupted") == 0
 
@@ -424,29 +460,58 @@ def test_frozen_engine_mid_sequence_is_adopted_by_the_other_master(mm):
 
 @pytest.mark.xfail(
     strict=True,
-    reason="BUG: an engine restarted mid-sequence waits replay_wait (300 s) before the next job: "
-    "the replay in flight returned, but only the dead engine's in-memory `waiting` map would have woken the minion",
+    reason="BUG: an engine Salt restarted mid-sequence sends the next job only replay_wait (300 s) after the "
+    "previous replay, though it returned at once: the minion sits on the work set at +replay_wait and only the "
+    "dead engine's in-memory `waiting` map would have woken it (and, on a quiet bus, the restarted engine does "
+    "nothing at all until some event arrives: see test_restarted_engine_runs_on_a_quiet_bus)",
 )
 @profile("single")
 def test_sigkilled_engine_is_restarted_by_salt_and_continues_the_sequence(mm):
-    """SIGKILL of the engine right after the first replay: Salt's process manager restarts it (same
-    engine id) within its 10 s check; the restarted engine continues the sequence without resending."""
+    """SIGKILL of the engine while the first replay runs: Salt's process manager restarts it (same
+    engine id, titled ``Engine``) at its next 10 s check; the restarted engine continues the sequence
+    as soon as the replay in flight has returned, without resending it."""
+    ensure_up(mm, "beta")
     mm.kill_minion("beta")
     prefix = "kill-"
     jids = [mm.publish_state("beta", f"kill-{i}", sleep=3) for i in range(3)]
-    wait_swept(mm, jids)
+    wait_swept(mm, jids)  # beta was down longer than `timeout`: no later sweep wakes its sequence
     mm.start_minion("beta")
     assert wait_for(lambda: total_published(mm, jids[0]) == 2, 20, every=0.05)
+    # kill once the engine has put beta back on its work set to wait for that replay's return
+    assert wait_for(lambda: (active_due_in(mm, "master") or 0) > 60, 10, every=0.02), seq(mm)
     starts = engine_starts(mm, "master")
     (pid,) = engine_pids(mm, "master")
     os.kill(pid, signal.SIGKILL)
     killed = time.monotonic()
     assert wait_for(lambda: engine_starts(mm, "master") > starts, 15), "Salt did not restart the engine"
     restarted_after = time.monotonic() - killed
-    # Salt restarts it at most 10 s later; the last two jobs take ~3.5 s each once sent
+    # Salt restarts it at most 10 s after the kill; the last two jobs take ~3.5 s each once sent
     want = [f"kill-{i} beta" for i in range(3)]
     mm.wait_lines("beta", lambda _: len(tagged(mm, "beta", prefix)) >= 3, 30 - restarted_after)
-    assert tagged(mm, "beta", prefix) == want, (tagged(mm, "beta", prefix), seq(mm), restarted_after)
+    assert tagged(mm, "beta", prefix) == want, (
+        tagged(mm, "beta", prefix),
+        f"restarted after {restarted_after:.1f} s; beta due in {active_due_in(mm, 'master')} s; seq {seq(mm)}",
+    )
     time.sleep(SETTLE)
     assert tagged(mm, "beta", prefix) == want
     assert [total_published(mm, j) for j in jids] == [2, 2, 2]
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="BUG: the engine passes wait=0 to Salt's get_event when work is due (EngineLoop._wait), which Salt "
+    "reads as 'block forever': a restarted engine (and any engine whose next poll is already due) stalls until "
+    "some event reaches the master bus, no heartbeat, no sweep, no replay",
+)
+@profile("single")
+def test_restarted_engine_runs_on_a_quiet_bus(mm):
+    """An engine Salt restarted heartbeats (and so sweeps and replays) without waiting for bus traffic."""
+    mm.kill_minion("beta")  # nothing on the master bus from now on
+    engine = engine_id(mm, "master")
+    starts = engine_starts(mm, "master")
+    for pid in engine_pids(mm, "master"):
+        os.kill(pid, signal.SIGKILL)
+    assert wait_for(lambda: engine_starts(mm, "master") > starts, 15), "Salt did not restart the engine"
+    time.sleep(3 * mm.master_config()["job_retry"]["claim_lease"])  # other engines would deem it dead now
+    age = heartbeat_age(mm, engine)
+    assert age < 2, f"last heartbeat of {engine} {age:.1f} s ago"
