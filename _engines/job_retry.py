@@ -53,6 +53,13 @@ def _idle(reason):
         time.sleep(3600)
 
 
+def _next_event(bus, wait):
+    # Salt reads wait=0 as "block forever": when work is due, only look.
+    if wait <= 0:
+        return bus.get_event(no_block=True, full=True)
+    return bus.get_event(wait=wait, full=True)
+
+
 def start(**kwargs):
     """Run the replay engine; never returns."""
     import salt.utils.event
@@ -70,7 +77,7 @@ def start(**kwargs):
     new_jid = lambda: saltside.new_jid(__opts__)  # noqa: E731
     replayer = replay.Replayer(store, conf, publish, bus.fire_event, new_jid, engine=engine)
     writer = recorder.Recorder(store, conf, saltside.spool_for(conf, __opts__))
-    next_event = lambda wait: bus.get_event(wait=wait, full=True)  # noqa: E731
+    next_event = lambda wait: _next_event(bus, wait)  # noqa: E731
     probe = lambda minions, timeout: saltside.minion_pids(__opts__, minions, timeout)  # noqa: E731
     loop = replay.EngineLoop(replayer, next_event, conf.interval, recorder=writer, probe=probe)
     log.info("job_retry engine %s started (redis %s, sweep every %ss)", engine, conf.redis_display, conf.interval)

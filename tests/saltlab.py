@@ -572,20 +572,25 @@ class Lab:
         for minion in up:
             self.wait_minion(minion, timeout, count=1)
 
-    def engine_running(self, name: str | None = None) -> bool:
+    def engine_pids(self, name: str | None = None) -> list[int]:
+        """Pids of a master's job_retry engine: titled ENGINE_TITLE at first, ``Engine`` once Salt restarted it."""
         proc = self._procs.get(f"master:{self._master(name)}")
         if proc is None:
-            return False
-        for pid in os.listdir("/proc"):
-            if not pid.isdigit():
-                continue
+            return []
+        pids = []
+        for pid in filter(str.isdigit, os.listdir("/proc")):
             try:
-                cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-                if ENGINE_TITLE in cmdline and os.getpgid(int(pid)) == proc.pid:
-                    return True
+                title = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+                if os.getpgid(int(pid)) != proc.pid:
+                    continue
             except OSError:
                 continue
-        return False
+            if ENGINE_TITLE in title or title.split()[-1:] == ["Engine"]:
+                pids.append(int(pid))
+        return pids
+
+    def engine_running(self, name: str | None = None) -> bool:
+        return bool(self.engine_pids(name))
 
     def wait_engine(self, name: str | None = None, timeout: float = 30) -> None:
         """Wait for a master's job_retry engine process (by its process title), then give it 1 s to subscribe."""

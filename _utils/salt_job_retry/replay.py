@@ -226,6 +226,7 @@ class EngineLoop:
     IDLE_POLL = 1.0
     PROBE_TRIES = 3
     REFUSAL_KEEP = 60.0
+    RECHECK_WAITING = 30.0  # a replay in flight is looked at this often, in case its return event was missed
 
     def __init__(
         self,
@@ -260,6 +261,7 @@ class EngineLoop:
         self.waiting: dict[str, tuple[str, ...]] = {}  # minion -> jids whose return wakes it
         self.unverified: dict[str, int] = {}  # minion -> probe failures, for adopted/unidentified ones
         self.backoff = 0.0
+        self.rewound = False  # what the minions on our work set wait for died with the last process
 
     def step(self) -> None:
         """Handle at most one event, then do what is due. Never raises."""
@@ -320,6 +322,11 @@ class EngineLoop:
             self.next_spool_check = now + self.IDLE_POLL
             if self.recorder.spool.has_data() and not self.recorder.flush_spool():
                 raise RedisUnavailable(f"Redis unreachable at {self.conf.redis_display} (spool not drained)")
+        if not self.rewound:
+            moved = self.store.rewind(self.engine)
+            self.rewound = True
+            if moved:
+                log.info("job_retry: engine %s took back %d minion(s) from its last run", self.engine, moved)
         self._write_noted()
         if self.starts:
             self._note_starts()
@@ -384,14 +391,17 @@ class EngineLoop:
             if step.probe:
                 to_probe[minion] = step.pend_ms
             else:
-                self._schedule(minion, step)
+                self._schedule(minion, step, redis_now)
         if to_probe:
             self._identify(to_probe, redis_now)
         wait = (nxt - redis_now) / 1000 if nxt is not None else self.IDLE_POLL
         self.next_poll = self.clock() + (0 if len(due) >= self.DUE_PER_PASS else min(self.IDLE_POLL, max(0, wait)))
 
-    def _schedule(self, minion: str, step: Step) -> None:
-        self.store.schedule(self.engine, minion, step.due_ms)
+    def _schedule(self, minion: str, step: Step, redis_now: int) -> None:
+        due = step.due_ms
+        if due is not None and step.waiting_for:  # a missed return event costs seconds, not replay_wait
+            due = min(due, redis_now + int(self.RECHECK_WAITING * 1000))
+        self.store.schedule(self.engine, minion, due)
         if step.held_by:  # the engine holding the sequence acts on it (a return, a refusal)
             self.store.wake([minion], None)
         if step.due_ms is None or not step.waiting_for:

@@ -325,6 +325,18 @@ return {now, due, nxt[2] or ''}
 """
 )
 
+_REWIND = (
+    _NOW
+    + """
+-- KEYS: active   ARGV: now.  An engine (re)starting does not know what its minions
+-- wait for (that lived in the old process): make every one of them due now.
+local now = now_ms(ARGV[1])
+local later = redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. now, '+inf')
+for i = 1, #later do redis.call('ZADD', KEYS[1], now, later[i]) end
+return #later
+"""
+)
+
 _HEARTBEAT = (
     _NOW
     + """
@@ -425,6 +437,7 @@ SCRIPTS = {
     "flush": _FLUSH,
     "retry_reset": _RETRY_RESET,
     "take_due": _TAKE_DUE,
+    "rewind": _REWIND,
     "heartbeat": _HEARTBEAT,
     "adopt": _ADOPT,
     "take_tokens": _TAKE_TOKENS,
@@ -957,6 +970,11 @@ class Store:
         (r,) = self.run(lambda b: b.script("take_due", [self.keys.active(engine)], [limit, self.now_arg()]))
         nxt = _text(r[2])
         return int(r[0]), [_text(m) for m in r[1]], int(float(nxt)) if nxt else None
+
+    def rewind(self, engine: str) -> int:
+        """Make every minion on the engine's work set due now; returns how many were moved."""
+        (r,) = self.run(lambda b: b.script("rewind", [self.keys.active(engine)], [self.now_arg()]))
+        return int(r)
 
     def heartbeat(self, engine: str, dead_after_ms: int) -> list[str]:
         """Say this engine is alive; returns the engines that have gone silent."""

@@ -16,12 +16,11 @@ import re
 import signal
 import threading
 import time
-from pathlib import Path
 from urllib.parse import quote
 
 import pytest
 
-from tests.saltlab import ENGINE_TITLE, Lab, salt_version
+from tests.saltlab import Lab, salt_version
 
 SETTLE = 5  # seconds to wait for a duplicate that must not come
 MASTERS = ("m1", "m2")
@@ -155,18 +154,6 @@ def total_published(lab, jid):
 def master_of_engine(lab, engine):
     """The lab master whose engine id (``<master id>@<ip>:<port>``) this is."""
     return next(m for m in lab.masters if engine.startswith(f"{lab.master_id(m)}@"))
-
-
-def engine_pids(lab, master):
-    """Pids of a master's job_retry engine: the first one has ENGINE_TITLE; one Salt restarted is titled ``Engine``."""
-    group = lab._procs[f"master:{master}"].pid
-    pids = []
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        with contextlib.suppress(OSError):
-            title = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").split()
-            if os.getpgid(int(pid)) == group and title and title[-1] in (ENGINE_TITLE, "Engine"):
-                pids.append(int(pid))
-    return pids
 
 
 def engine_starts(lab, master):
@@ -435,7 +422,7 @@ def test_frozen_engine_mid_sequence_is_adopted_by_the_other_master(mm):
             assert wait_for(lambda: total_published(mm, jids[0]) == 2, 20, every=0.05)
             serving = master_of_engine(mm, seq(mm)["owner"])
             other = next(m for m in MASTERS if m != serving)
-            frozen = engine_pids(mm, serving)
+            frozen = mm.engine_pids(serving)
             assert len(frozen) == 1, frozen
             os.kill(frozen[0], signal.SIGSTOP)
             assert wait_for(lambda: "went silent; taking over" in mm.master_log(other), 20), mm.master_log(other)
@@ -458,13 +445,6 @@ def test_frozen_engine_mid_sequence_is_adopted_by_the_other_master(mm):
                 os.kill(pid, signal.SIGKILL)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: an engine Salt restarted mid-sequence sends the next job only replay_wait (300 s) after the "
-    "previous replay, though it returned at once: the minion sits on the work set at +replay_wait and only the "
-    "dead engine's in-memory `waiting` map would have woken it (and, on a quiet bus, the restarted engine does "
-    "nothing at all until some event arrives: see test_restarted_engine_runs_on_a_quiet_bus)",
-)
 @profile("single")
 def test_sigkilled_engine_is_restarted_by_salt_and_continues_the_sequence(mm):
     """SIGKILL of the engine while the first replay runs: Salt's process manager restarts it (same
@@ -478,9 +458,9 @@ def test_sigkilled_engine_is_restarted_by_salt_and_continues_the_sequence(mm):
     mm.start_minion("beta")
     assert wait_for(lambda: total_published(mm, jids[0]) == 2, 20, every=0.05)
     # kill once the engine has put beta back on its work set to wait for that replay's return
-    assert wait_for(lambda: (active_due_in(mm, "master") or 0) > 60, 10, every=0.02), seq(mm)
+    assert wait_for(lambda: (active_due_in(mm, "master") or 0) > 20, 10, every=0.02), seq(mm)
     starts = engine_starts(mm, "master")
-    (pid,) = engine_pids(mm, "master")
+    (pid,) = mm.engine_pids("master")
     os.kill(pid, signal.SIGKILL)
     killed = time.monotonic()
     assert wait_for(lambda: engine_starts(mm, "master") > starts, 15), "Salt did not restart the engine"
@@ -497,19 +477,13 @@ def test_sigkilled_engine_is_restarted_by_salt_and_continues_the_sequence(mm):
     assert [total_published(mm, j) for j in jids] == [2, 2, 2]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: the engine passes wait=0 to Salt's get_event when work is due (EngineLoop._wait), which Salt "
-    "reads as 'block forever': a restarted engine (and any engine whose next poll is already due) stalls until "
-    "some event reaches the master bus, no heartbeat, no sweep, no replay",
-)
 @profile("single")
 def test_restarted_engine_runs_on_a_quiet_bus(mm):
     """An engine Salt restarted heartbeats (and so sweeps and replays) without waiting for bus traffic."""
     mm.kill_minion("beta")  # nothing on the master bus from now on
     engine = engine_id(mm, "master")
     starts = engine_starts(mm, "master")
-    for pid in engine_pids(mm, "master"):
+    for pid in mm.engine_pids("master"):
         os.kill(pid, signal.SIGKILL)
     assert wait_for(lambda: engine_starts(mm, "master") > starts, 15), "Salt did not restart the engine"
     time.sleep(3 * mm.master_config()["job_retry"]["claim_lease"])  # other engines would deem it dead now

@@ -903,3 +903,34 @@ def test_loop_ack_then_return_of_a_fresh_jid_re_send_moves_the_sequence_on(h):
     loop.feed.events.append(replay_ret("beta", fresh, orig=OLDER, fun="state.apply"))
     loop.step()
     assert h.published[2:] == [("beta", JID, "state.apply", 1)]  # at once, not after replay_wait
+
+
+def test_restarted_engine_moves_on_when_the_replay_in_flight_has_returned(h):
+    """The process that knew what beta waited for died; its successor (same engine id) looks at once."""
+    h.record(new_event(jid=OLDER, minions=["beta"], when=T0), new_event(minions=["beta"], when=T0 + 1))
+    loop, _, _ = loop_for(h, [start_event("beta", when=T0 + 2)], recorder=h.recorder)
+    loop.step()
+    assert h.published == [("beta", OLDER, "cmd.run", 1)]
+    h.record(replay_ret("beta", OLDER))  # written by the returner while no engine ran
+    restarted, _, _ = loop_for(h, [])
+    restarted.step()
+    assert h.published == [("beta", OLDER, "cmd.run", 1), ("beta", JID, "cmd.run", 1)]
+    restarted.step()
+    assert len(h.published) == 2
+
+
+def test_replay_in_flight_is_looked_at_again_when_its_return_event_was_missed(h):
+    h.record(new_event(jid=OLDER, minions=["beta"], when=T0), new_event(minions=["beta"], when=T0 + 1))
+    loop, clock, _ = loop_for(h, [start_event("beta", when=T0 + 2)], recorder=h.recorder)
+    loop.step()
+    due = h.redis.zscore(h.store.keys.active("e1"), "beta")
+    assert due == h.now_ms() + EngineLoop.RECHECK_WAITING * 1000  # not replay_wait (300 s) away
+    h.clock.advance(EngineLoop.RECHECK_WAITING - 1)
+    clock[0] = EngineLoop.RECHECK_WAITING - 1
+    loop.step()
+    assert len(h.published) == 1 and "beta" in loop.waiting  # not due yet: still waiting
+    h.record(replay_ret("beta", OLDER))  # the bus dropped this event; the returner wrote it
+    h.clock.advance(EngineLoop.RECHECK_WAITING + 1)
+    clock[0] += EngineLoop.RECHECK_WAITING + 1
+    loop.step()
+    assert h.published[-1] == ("beta", JID, "cmd.run", 1)
