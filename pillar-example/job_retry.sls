@@ -119,7 +119,7 @@ job_retry:
   # Also replay when `salt/presence/change` lists a minion as new (needs presence_events). (boolean)
   replay_on_presence: false
 
-  # Seconds `retry` waits for saltutil.find_job answers (connected, and still running the job?). (number > 0)
+  # Seconds `retry` waits for saltutil.running answers (connected, and still running the job?). (number > 0)
   retry_ping_timeout: 5
 
   # Jobs whose packed arguments are larger are not recorded (status says why). (integer >= 1024)

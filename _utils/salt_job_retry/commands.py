@@ -170,7 +170,7 @@ def retry(env: Env, jid: str) -> dict:
     job, problem = _tracked_job(env, jid)
     if problem:
         return problem
-    missing = env.store.prepare_retry(jid)
+    missing = env.store.missing(jid)
     if not missing:
         return {
             "jid": jid,
@@ -179,30 +179,34 @@ def retry(env: Env, jid: str) -> dict:
             "comment": "every targeted minion returned; nothing to retry",
         }
     idle, running = env.probe(missing, jid, env.conf.retry_ping_timeout)
+    idle -= running
+    # A fresh jid: a minion process that saw the original jid would drop a same-jid publish.
+    fresh = env.new_jid() if idle else ""
+    if fresh:
+        env.store.register_alias(fresh, jid)
+    claim = env.store.prepare_retry(jid, sorted(set(missing) - running), idle, fresh)
     result: dict[str, Any] = {
         "jid": jid,
-        "retry_jid": None,
+        "retry_jid": fresh if claim.claimed else None,
         "published": [],
-        "running": sorted(running),  # still running the job: left alone, it will return
-        "queued": sorted(set(missing) - idle - running),
+        # running it, or sent it less than replay_wait ago (a replay, another retry): left alone
+        "running": sorted(running | set(claim.busy)),
+        "queued": sorted(set(claim.reset) - set(claim.claimed)),
     }
-    if idle:
-        # A fresh jid: a minion process that saw the original jid would drop a same-jid publish.
-        fresh = env.new_jid()
-        env.store.register_alias(fresh, jid)
-        for minion in sorted(idle):
-            try:
-                env.publish(minion, fresh, job, 0, {"orig_jid": jid})
-            except Exception as exc:  # report, keep it queued
-                log.error("job_retry: retry of %s to %s failed: %s", jid, minion, exc)
-                result["queued"].append(minion)
-                continue
-            env.store.mark_retried(jid, minion, fresh)  # the engine must not replay it to this process too
-            fire_action(env.fire, "replayed", jid, minion, fun=job.get("fun"), attempt=0, retry_jid=fresh)
-            result["published"].append(minion)
-        result["retry_jid"] = fresh
+    for minion in claim.claimed:
+        try:
+            env.publish(minion, fresh, job, 0, {"orig_jid": jid})
+        except Exception as exc:  # owed again: the engine sends it (under the same fresh jid)
+            log.error("job_retry: retry of %s to %s failed: %s", jid, minion, exc)
+            env.store.release(jid, minion, "attempt")
+            env.store.wake([minion], None)
+            result["queued"].append(minion)
+            continue
+        fire_action(env.fire, "replayed", jid, minion, fun=job.get("fun"), attempt=0, retry_jid=fresh)
+        result["published"].append(minion)
     for minion in result["queued"]:
         fire_action(env.fire, "queued", jid, minion, fun=job.get("fun"))
+    result["queued"].sort()
     return result
 
 

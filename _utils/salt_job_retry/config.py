@@ -242,7 +242,7 @@ OPTIONS: tuple[Option, ...] = (
         5,
         "number > 0",
         _positive,
-        "Seconds `retry` waits for saltutil.find_job answers (connected, and still running the job?).",
+        "Seconds `retry` waits for saltutil.running answers (connected, and still running the job?).",
     ),
     Option(
         "max_job_bytes",

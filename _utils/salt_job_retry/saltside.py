@@ -94,14 +94,27 @@ def new_jid(opts: dict) -> str:
     return salt.utils.jid.gen_jid(opts)
 
 
+def runs_job(running: Any, jid: str) -> bool:
+    """Does a `saltutil.running` answer hold jid: the original, a replay or a retry of it?"""
+    if not isinstance(running, list):
+        return False
+    for job in running:
+        if not isinstance(job, dict):
+            continue
+        meta = job.get("metadata")
+        ours = meta.get("job_retry") if isinstance(meta, dict) else None
+        if str(job.get("jid")) == jid or (isinstance(ours, dict) and ours.get("orig_jid") == jid):
+            return True
+    return False
+
+
 def probe(opts: dict, minions: list[str], jid: str, timeout: float) -> tuple[set[str], set[str]]:
     """
-    Ask `minions` whether they are running `jid` (saltutil.find_job); returns (idle, running).
+    Ask `minions` whether they are running `jid` (saltutil.running); returns (idle, running).
 
-    A minion that answers is connected; one that answers with the job's data is
-    still running it (slow, or frozen and resumed) and must not get it again.
-    Minions that do not answer within `timeout` are in neither set. (The master's
-    connected-ids list is IP based, so two minions behind one address look alike.)
+    A minion that answers is connected; one that runs the job, under its own jid or
+    under a replay's or a retry's fresh jid (metadata.job_retry.orig_jid), must not get
+    it again. Minions that do not answer within `timeout` are in neither set.
     """
     import salt.client
 
@@ -111,7 +124,7 @@ def probe(opts: dict, minions: list[str], jid: str, timeout: float) -> tuple[set
     idle: set[str] = set()
     running: set[str] = set()
     try:
-        pub = client.run_job(minions, "saltutil.find_job", arg=[jid], tgt_type="list", listen=True)
+        pub = client.run_job(minions, "saltutil.running", tgt_type="list", listen=True)
         probe_jid = pub.get("jid") if pub else None
         if not probe_jid:
             return idle, running
@@ -119,7 +132,7 @@ def probe(opts: dict, minions: list[str], jid: str, timeout: float) -> tuple[set
         for raw in client.get_returns_no_block(f"salt/job/{probe_jid}"):
             data = raw.get("data") if raw else None
             if isinstance(data, dict) and data.get("id") in minions:
-                (running if data.get("return") else idle).add(data["id"])
+                (running if runs_job(data.get("return"), jid) else idle).add(data["id"])
             if len(idle) + len(running) >= len(minions) or time.monotonic() > deadline:
                 break
     finally:

@@ -273,7 +273,7 @@ if state == 'owed' or (mode == 'again' and state == 'sent') then
     redis.call('PEXPIRE', r, ttl)
     return {'exhausted', n}
   end
-  local pub = ARGV[14]
+  local pub = pub_jid(ARGV[14])
   if ARGV[13] == 'new' and ARGV[12] ~= '' then pub = pub_jid(ARGV[12]) end
   redis.call('HSET', r, 'a:' .. m, n + 1, 'p:' .. m, proc, 't:' .. m, now, 'j:' .. m, pub)
   redis.call('HDEL', r, 'd:' .. m, 'k:' .. m, 'u:' .. m)
@@ -410,17 +410,41 @@ redis.call('EXPIRE', KEYS[3], ARGV[2])
 return 1
 """
 
-_RETRY_RESET = """
--- KEYS: targets, returned, retry   ARGV: ttl, now
--- An operator's retry: every minion that did not return gets a fresh budget.
-local missing = redis.call('SDIFF', KEYS[1], KEYS[2])
-for _, m in ipairs(missing) do
-  redis.call('HDEL', KEYS[3], 'a:' .. m, 'l:' .. m, 'x:' .. m, 'd:' .. m, 'p:' .. m)
-  redis.call('HSET', KEYS[3], 'q:' .. m, ARGV[2])
+_RETRY_CLAIM = (
+    _NOW
+    + """
+-- KEYS: targets, returned, retry
+-- ARGV: ttl, queued_at (epoch s), now, window_ms, fresh jid, then per minion: id, proc ('' unknown), send
+-- An operator's retry. A minion whose last delivery went to its current process less than
+-- window_ms ago has the job in flight (a replay, or another retry): it is left alone, so a
+-- second retry publishes nothing. Every other minion that did not return gets a fresh
+-- budget; those to send now are marked sent to their process under the fresh jid before
+-- the publish, so the engine does not replay the job to them as well.
+local r, now, window, fresh = KEYS[3], now_ms(ARGV[3]), tonumber(ARGV[4]), ARGV[5]
+local reset, claimed, busy = {}, {}, {}
+for i = 6, #ARGV, 3 do
+  local m, proc, send = ARGV[i], ARGV[i + 1], ARGV[i + 2]
+  if proc == '' then proc = 'retry' end
+  if redis.call('SISMEMBER', KEYS[1], m) == 1 and redis.call('SISMEMBER', KEYS[2], m) == 0 then
+    local f = redis.call('HMGET', r, 'p:' .. m, 't:' .. m)
+    if f[1] == proc and now - tonumber(f[2] or '0') < window then
+      busy[#busy + 1] = m
+    else
+      redis.call('HDEL', r, 'a:' .. m, 'l:' .. m, 'x:' .. m, 'd:' .. m, 'p:' .. m, 't:' .. m, 'k:' .. m, 'c:' .. m,
+                 'u:' .. m, 's:' .. m, 'r:' .. m)
+      redis.call('HSET', r, 'q:' .. m, ARGV[2])
+      reset[#reset + 1] = m
+      if send == '1' then
+        redis.call('HSET', r, 'p:' .. m, proc, 't:' .. m, now, 'j:' .. m, fresh)
+        claimed[#claimed + 1] = m
+      end
+    end
+  end
 end
-if #missing > 0 then redis.call('EXPIRE', KEYS[3], ARGV[1]) end
-return missing
+if #reset > 0 then redis.call('EXPIRE', r, ARGV[1]) end
+return {reset, claimed, busy}
 """
+)
 
 SCRIPTS = {
     "record_new": _RECORD_NEW,
@@ -435,7 +459,7 @@ SCRIPTS = {
     "release": _RELEASE,
     "settle": _SETTLE,
     "flush": _FLUSH,
-    "retry_reset": _RETRY_RESET,
+    "retry_claim": _RETRY_CLAIM,
     "take_due": _TAKE_DUE,
     "rewind": _REWIND,
     "heartbeat": _HEARTBEAT,
@@ -698,23 +722,6 @@ class Store:
         # (pending() and claims skip and remove entries whose minion returned).
         k = self.keys
         batch.script("record_return", [k.targets(jid), k.returned(jid)], [self.conf.ttl, minion])
-
-    def mark_retried(self, jid: str, minion: str, pub_jid: str) -> None:
-        """
-        An operator's `retry` published jid to the minion's current process as pub_jid: the
-        engine must not replay it to that process too (it waits for pub_jid's return).
-        """
-        k = self.keys
-        proc = guard(self.conf, self.client.hget, k.seq(minion), "proc")
-        now_ms = int(self.clock() * 1000)
-        fields = {f"p:{minion}": _text(proc) if proc else f"retry:{pub_jid}", f"t:{minion}": now_ms}
-        fields[f"j:{minion}"] = pub_jid
-        self.run(
-            lambda b: (
-                b.call("HSET", k.retry(jid), *[x for kv in fields.items() for x in kv]),
-                b.call("EXPIRE", k.retry(jid), self.conf.ttl),
-            )
-        )
 
     def register_alias(self, new_jid: str, orig_jid: str) -> None:
         """Mark a fresh jid (from `retry`) as a copy of orig_jid, before it is published."""
@@ -1233,26 +1240,47 @@ class Store:
             minions = {}
         return {"job": job, "minions": minions, "swept": unswept is None}
 
-    def prepare_retry(self, jid: str) -> list[str]:
-        """Reset and queue every minion of jid that did not return. Returns them."""
+    def missing(self, jid: str) -> list[str]:
+        """Targets of jid that have not returned."""
+        k = self.keys
+        return sorted(_text(m) for m in guard(self.conf, self.client.sdiff, [k.targets(jid), k.returned(jid)]))
+
+    def processes(self, minions: list[str]) -> dict[str, str]:
+        """The minion process each sequence last identified (pid), '' where none is known."""
+        procs = self.run(lambda b: [b.call("HGET", self.keys.seq(m), "proc") for m in minions])
+        return {m: _text(p) if p else "" for m, p in zip(minions, procs, strict=True)}
+
+    def prepare_retry(self, jid: str, minions: list[str], send: set[str], fresh: str) -> RetryClaim:
+        """
+        Reset and queue the minions of jid that did not return and have nothing in flight;
+        mark those in `send` sent to their current process under `fresh` (see retry_claim).
+        """
         k, ttl, now = self.keys, self.conf.ttl, self.clock()
-        (missing,) = self.run(
-            lambda b: b.script("retry_reset", [k.targets(jid), k.returned(jid), k.retry(jid)], [ttl, repr(now)])
-        )
-        missing = sorted(_text(m) for m in missing)
-        job = self.job(jid) or {}
-        published = job.get("time", now)
+        procs = self.processes(minions) if minions else {}
+        args: list[Any] = [ttl, repr(now), self.now_arg(), int(self.conf.replay_wait * 1000), fresh]
+        for m in minions:
+            args += [m, procs[m], "1" if m in send else "0"]
+        (r,) = self.run(lambda b: b.script("retry_claim", [k.targets(jid), k.returned(jid), k.retry(jid)], args))
+        claim = RetryClaim(*([_text(m) for m in part] for part in r))
+        published = (self.job(jid) or {}).get("time", now)
 
         def fill(b: Batch) -> None:
-            for m in missing:
+            for m in claim.reset:
                 b.call("ZADD", k.queue(m), published, jid)
                 b.call("EXPIRE", k.queue(m), ttl)
                 b.call("ZADD", k.queues, now, m)
             b.call("EXPIRE", k.queues, ttl)
 
-        if missing:
+        if claim.reset:
             self.run(fill)
-        return missing
+        return claim
+
+
+@dataclass
+class RetryClaim:
+    reset: list[str]  # given a fresh budget and queued
+    claimed: list[str]  # of those, marked sent under the fresh jid: publish to them now
+    busy: list[str]  # the job is in flight to the minion's current process: left alone
 
 
 def minion_state(

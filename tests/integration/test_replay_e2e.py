@@ -3,6 +3,7 @@ End to end on real daemons: redis-server, salt-master with the returner and the
 engine, two salt-minions. A job "ran" only if its trace line is on disk.
 """
 
+import threading
 import time
 
 import pytest
@@ -118,6 +119,47 @@ def test_retry_reaches_a_connected_minion_that_saw_the_jid(fleet):
     assert fleet.wait_trace("beta", "connected") == 1
     assert wait_for(lambda: status(fleet, jid)["minions"]["beta"]["state"] == "returned")
     assert fleet.trace_count("alpha", "connected") == 1
+
+
+def test_retry_is_idempotent_while_its_run_is_in_flight(fleet):
+    """Three retries of a job beta missed: the first runs it (under a fresh jid), the one issued while
+    it is being published and the one issued while it runs find it in flight; it runs once."""
+    fleet.kill_minion("beta")
+    command = fleet.trace_cmd("idem") + "; sleep 8"
+    jid = fleet.salt_async("*", "cmd.run", command, "template=jinja")
+    fleet.run("job_retry.flush", "beta")  # nothing automatic: only the operator's retry
+    fleet.start_minion("beta")
+    time.sleep(2)
+    results = {}
+
+    def retry(name):
+        results[name] = fleet.run("job_retry.retry", jid)
+
+    both = [threading.Thread(target=retry, args=(n,)) for n in ("a", "b")]
+    for t in both:
+        t.start()
+    for t in both:
+        t.join()
+    outs = [out for code, out in results.values() if code == 0]
+    assert len(outs) == 2, results
+    assert sorted(len(out["published"]) for out in outs) == [0, 1], outs
+    assert fleet.wait_trace("beta", "idem") == 1
+    code, out = fleet.run("job_retry.retry", jid)  # still running (sleep 8)
+    assert code == 0 and out["published"] == [] and out["running"] == ["beta"], out
+    assert wait_for(lambda: status(fleet, jid)["minions"]["beta"]["state"] == "returned", timeout=30)
+    time.sleep(SETTLE)
+    assert fleet.trace_count("beta", "idem") == 1
+
+
+def test_retry_leaves_a_minion_running_the_original_alone(fleet):
+    """No replay was ever sent: only saltutil.running can tell that beta is still running the job."""
+    command = fleet.trace_cmd("slowrun") + "; sleep 10"
+    jid = fleet.salt_async("beta", "cmd.run", command, "template=jinja")
+    assert fleet.wait_trace("beta", "slowrun") == 1
+    code, out = fleet.run("job_retry.retry", jid)
+    assert code == 0 and out["running"] == ["beta"] and out["published"] == [], out
+    assert wait_for(lambda: status(fleet, jid)["minions"]["beta"]["state"] == "returned", timeout=30)
+    assert fleet.trace_count("beta", "slowrun") == 1
 
 
 @pytest.mark.skipif(salt_version() < (3008,), reason="--start-event acknowledgements are new in Salt 3008")

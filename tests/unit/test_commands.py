@@ -227,3 +227,73 @@ def test_stats_and_prometheus(env):
     assert "# TYPE salt_job_retry_replays_total counter\nsalt_job_retry_replays_total 1\n" in text
     assert 'salt_job_retry_pending{minion="web1"} 2' in text
     assert run(env, "stats", format="xml")["retcode"] == 1
+
+
+# -- retry is idempotent while a delivery is in flight ---------------------------------------------
+
+
+def test_second_retry_while_the_first_is_in_flight_publishes_nothing(env):
+    published_job(env)
+    env.up = {"beta", "gamma"}
+    first = run(env, "retry", jid=JID)
+    assert first["published"] == ["beta", "gamma"]
+    # the minions have not started it yet (saltutil.running shows nothing): the Redis mark decides
+    second = run(env, "retry", jid=JID)
+    assert second["published"] == [] and second["running"] == ["beta", "gamma"] and second["retry_jid"] is None
+    assert len(env.h.published) == 2
+
+
+def test_retry_after_replay_wait_sends_again_to_an_idle_minion(env):
+    published_job(env)
+    env.up = {"beta"}
+    assert run(env, "retry", jid=JID)["published"] == ["beta"]
+    env.h.clock.advance(env.conf.replay_wait + 1)  # it never ran (saltutil.running: idle)
+    assert run(env, "retry", jid=JID)["published"] == ["beta"]
+
+
+def test_retry_leaves_a_replay_the_engine_has_in_flight_alone(env):
+    published_job(env)
+    run(env, "enqueue")
+    env.h.start("beta")
+    assert env.h.drive("beta") == [("beta", JID, "cmd.run", 1)]
+    env.up = {"beta"}  # it has not started running it yet
+    out = run(env, "retry", jid=JID)
+    assert out["running"] == ["beta"] and out["published"] == []
+    assert len(env.h.published) == 1
+
+
+def test_engine_does_not_replay_what_retry_sent_to_the_process(env):
+    published_job(env)
+    run(env, "enqueue")
+    env.h.start("beta")
+    env.up = {"beta"}
+    assert run(env, "retry", jid=JID)["published"] == ["beta"]
+    assert env.h.drive("beta") == []
+    env.h.clock.advance(env.conf.replay_wait + 1)
+    assert env.h.drive("beta") == []  # retry's run belongs to the operator; the engine keeps out of it
+    assert len(env.h.published) == 1
+
+
+def test_failed_retry_publish_is_owed_and_replayed_under_the_fresh_jid(env):
+    published_job(env)
+    env.h.start("beta")
+    env.up = {"beta"}
+    real = env.publish
+
+    def failing(minion, jid, job, attempt, extra):
+        raise RuntimeError("master refused")
+
+    env.publish = failing
+    out = run(env, "retry", jid=JID)
+    assert out["published"] == [] and out["queued"] == ["beta", "gamma"]
+    env.publish = real
+    assert env.h.drive("beta") == [("beta", FRESH, "cmd.run", 1)]  # the minion drops a copy it has
+
+
+def test_runs_job_matches_the_original_a_replay_or_a_retry():
+    plain = [{"jid": JID, "fun": "cmd.run"}]
+    retried = [{"jid": FRESH, "metadata": {"job_retry": {"orig_jid": JID, "attempt": 0}}}]
+    other = [{"jid": FRESH, "metadata": {"job_retry": {"orig_jid": "1"}}}, {"jid": "2"}, "junk"]
+    assert saltside.runs_job(plain, JID) and saltside.runs_job(retried, JID)
+    assert not saltside.runs_job(other, JID) and not saltside.runs_job([], JID)
+    assert not saltside.runs_job("'saltutil.running' is not available.", JID)
