@@ -69,6 +69,8 @@ def pending(env: Env, minion_id: str | None = None, fun: str | None = None) -> d
         return error(f"invalid minion id {minion_id!r}")
     if minion_id is None or is_glob(str(minion_id)):
         queued = [m for m in env.store.queued_minions() if minion_id is None or fnmatch.fnmatchcase(m, minion_id)]
+        if minion_id is not None and not queued and not fnmatch.filter(env.known_minions(), minion_id):
+            return error(f"no minions matched the target {minion_id!r} (no accepted key, nothing pending)")
         listing = {m: jobs for m, jobs in env.store.pending(queued).items() if jobs}
     else:
         listing = env.store.pending([minion_id])
@@ -92,17 +94,17 @@ def flush(env: Env, minion_id: str, jid: str | None = None, dry_run: bool = Fals
     if jids and env.store.job(jids[0]) is None:
         return error(f"unknown jid {jid}: nothing recorded (never seen, or expired after ttl)")
     if is_glob(minion_id):
-        minions = [m for m in env.store.queued_minions() if fnmatch.fnmatchcase(m, minion_id)]
+        # accepted minions too: a job not swept yet is owed to a minion that has no queue
+        known = set(env.store.queued_minions()) | env.known_minions()
+        minions = sorted(m for m in known if fnmatch.fnmatchcase(m, minion_id))
+        if not minions:
+            return error(f"no minions matched the target {minion_id!r} (no accepted key, nothing pending)")
     elif minion_id in env.known_minions() or env.store.pending([minion_id])[minion_id]:
         minions = [minion_id]
     else:
         return error(f"unknown minion {minion_id!r}: no accepted key and nothing pending")
-    if dry_run:
-        would = {
-            m: [e["jid"] for e in jobs if jids is None or e["jid"] in jids]
-            for m, jobs in env.store.pending(minions).items()
-        }
-        would = {m: js for m, js in would.items() if js}
+    if dry_run:  # the flush's own script, told not to write: exactly what it would cancel
+        would = {m: js for m in minions if (js := env.store.flush(m, jids, dry_run=True))}
         return {"dry_run": True, "minions": would, "flushed": sum(len(js) for js in would.values())}
     flushed: dict[str, list[str]] = {}
     for done, minion in enumerate(minions, 1):

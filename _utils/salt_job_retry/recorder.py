@@ -130,6 +130,7 @@ class Recorder:
         self.spool = spool
         self.fire = fire  # for delivered/returned events of replays; None where there is no bus
         self._notices: list[tuple[str, str, str, dict]] = []
+        self._new_jobs: list[tuple[int, str]] = []  # (batch index of record_new, jid)
         self._wanted: dict[str, bool] = {}
         self._spooled = spool.has_data()  # else one stat() per call; only we append to it
 
@@ -182,7 +183,7 @@ class Recorder:
         targets = valid_minions(minions)
         if len(targets) != len(minions):
             log.warning("job_retry: job %s: ignoring %d invalid minion id(s)", jid, len(minions) - len(targets))
-        self.store.stage_job(batch, jid, blob, job["time"], targets)
+        self._new_jobs.append((self.store.stage_job(batch, jid, blob, job["time"], targets), jid))
         return True
 
     def _stage_ret(self, batch: Batch, jid: str, minion: str, data: dict) -> bool:
@@ -245,11 +246,14 @@ class Recorder:
     def _write(self, events: list[tuple], spool_on_failure: bool) -> int:
         batch = self.store.batch()
         self._notices = []
+        self._new_jobs: list[tuple[int, str]] = []
         relevant = [(tag, data) for tag, data in events if self._safe_stage(batch, tag, data)]
         if not len(batch):
             return 0
         try:
-            guard(self.conf, batch.execute)
+            results = guard(self.conf, batch.execute)
+            # a replay's or retry's fresh jid: a second round trip, only for those
+            self.store.forget_aliases([jid for i, jid in self._new_jobs if results[i] == 0])
             self._announce()
         except RedisUnavailable as exc:
             if not spool_on_failure:

@@ -400,11 +400,12 @@ return 1
 """
 
 _FLUSH = """
--- KEYS: targets, returned, retry   ARGV: minion, ttl
+-- KEYS: targets, returned, retry   ARGV: minion, ttl, dry ('1': only say whether it would)
 local m = ARGV[1]
 if redis.call('SISMEMBER', KEYS[1], m) == 0 then return 0 end
 if redis.call('SISMEMBER', KEYS[2], m) == 1 then return 0 end
 if redis.call('HEXISTS', KEYS[3], 'x:' .. m) == 1 then return 0 end
+if ARGV[3] == '1' then return 1 end
 redis.call('HSET', KEYS[3], 'x:' .. m, 'flushed')
 redis.call('EXPIRE', KEYS[3], ARGV[2])
 return 1
@@ -697,10 +698,13 @@ class Store:
 
     # -- recording (returner) -------------------------------------------------------
 
-    def stage_job(self, batch: Batch, jid: str, blob: bytes, published: float, minions: Iterable[str]) -> None:
-        """Record a published job (packed) and merge its targets (a replay's `new` names one minion)."""
+    def stage_job(self, batch: Batch, jid: str, blob: bytes, published: float, minions: Iterable[str]) -> int:
+        """
+        Record a published job (packed) and merge its targets (a replay's `new` names one minion).
+        Returns the batch index whose result is 0 if jid is a replay's or a retry's fresh jid.
+        """
         k, ttl = self.keys, self.conf.ttl
-        batch.script("record_new", [k.job(jid), k.alias(jid)], [ttl, blob])
+        index = batch.script("record_new", [k.job(jid), k.alias(jid)], [ttl, blob])
         if minions:
             batch.call("SADD", k.targets(jid), *minions)
             batch.call("EXPIRE", k.targets(jid), ttl)
@@ -708,6 +712,12 @@ class Store:
         batch.call("EXPIRE", k.unswept, ttl)
         batch.call("ZADD", k.jobs, "NX", published, jid)
         batch.call("EXPIRE", k.jobs, ttl)
+        return index
+
+    def forget_aliases(self, jids: list[str]) -> None:
+        """A fresh jid is a copy of its original, not a job: out of the job indexes."""
+        if jids:
+            self.run(lambda b: (b.call("ZREM", self.keys.jobs, *jids), b.call("ZREM", self.keys.unswept, *jids)))
 
     def stage_excluded_job(self, batch: Batch, jid: str, job: dict) -> None:
         """Remember only that the jid ran an excluded function, so `status` can say so."""
@@ -768,6 +778,10 @@ class Store:
             owed.extend((jid, _text(pairs[j]), pairs[j + 1] == 1, job) for j in range(0, len(pairs), 2))
 
         def enqueue(b: Batch) -> None:
+            for minion in {minion for _, minion, _, _ in owed}:
+                # entries of expired jobs: a minion that is up but slow is queued for each job it
+                # is late with and nobody may read its queue; this keeps it within ttl's worth
+                b.call("ZREMRANGEBYSCORE", k.queue(minion), "-inf", now - ttl)
             for jid, minion, _, job in owed:  # scored by publish time: the order to replay in
                 b.call("ZADD", k.queue(minion), "NX", job.get("time", now), jid)
                 b.call("EXPIRE", k.queue(minion), ttl)
@@ -1199,18 +1213,25 @@ class Store:
                 b.call("ZREM", self.keys.queues, *empty)
 
         self.run(fill)
+        if empty:  # a sweep may have queued for one of them meanwhile: it must stay listed
+            sizes = self.run(lambda b: [b.call("ZCARD", self.keys.queue(m)) for m in empty])
+            back = [m for m, n in zip(empty, sizes, strict=True) if n]
+            if back:
+                now = self.clock()
+                self.run(lambda b: [b.call("ZADD", self.keys.queues, now, m) for m in back])
 
-    def flush(self, minion: str, jids: list[str] | None = None) -> list[str]:
-        """Cancel what minion is owed (all, or the given jids). Returns the jids cancelled."""
+    def flush(self, minion: str, jids: list[str] | None = None, dry_run: bool = False) -> list[str]:
+        """
+        Cancel what minion is owed (all, or the given jids): queued, not yet swept, or in
+        flight. Returns the jids cancelled; with dry_run, those it would cancel, changing nothing.
+        """
         if jids is None:
             jids, _ = self.owed_candidates(minion)
-        k = self.keys
-        results = self.run(
-            lambda b: [
-                b.script("flush", [k.targets(j), k.returned(j), k.retry(j)], [minion, self.conf.ttl]) for j in jids
-            ]
-        )
+        k, args = self.keys, [minion, self.conf.ttl, "1" if dry_run else "0"]
+        results = self.run(lambda b: [b.script("flush", [k.targets(j), k.returned(j), k.retry(j)], args) for j in jids])
         flushed = [jid for jid, done in zip(jids, results, strict=False) if done]
+        if dry_run:
+            return flushed
         # The replay in flight stays queued: the engine keeps the next job waiting until it ends.
         running = _text(guard(self.conf, self.client.hget, k.seq(minion), "cur") or b"")
         self.dequeue(minion, [j for j in jids if j != running])

@@ -192,7 +192,8 @@ def test_pending_filters_by_minion_glob_and_function(env):
     assert set(run(env, "pending", minion_id="web*")) == {"web1", "web2"}
     by_fun = run(env, "pending", fun="state.*")
     assert {m: [e["jid"] for e in jobs] for m, jobs in by_fun.items()} == {"web1": [other]}
-    assert run(env, "pending", minion_id="nomatch*") == {}
+    nothing = run(env, "pending", minion_id="nomatch*")  # like Salt's "No minions matched the target"
+    assert nothing["retcode"] == 1 and "no minions matched" in nothing["error"]
 
 
 def test_flush_glob_dry_run_then_for_real(env):
@@ -297,3 +298,69 @@ def test_runs_job_matches_the_original_a_replay_or_a_retry():
     assert saltside.runs_job(plain, JID) and saltside.runs_job(retried, JID)
     assert not saltside.runs_job(other, JID) and not saltside.runs_job([], JID)
     assert not saltside.runs_job("'saltutil.running' is not available.", JID)
+
+
+# -- operator views ------------------------------------------------------------------------------
+
+
+def test_flush_dry_run_reports_exactly_what_the_flush_cancels(env):
+    env.h.record(new_event(jid="20261122050816400001", minions=["beta"]))  # swept, queued
+    env.h.clock.advance(6)
+    run(env, "enqueue")
+    env.h.record(new_event(minions=["beta"], when=env.h.clock.now))  # not swept yet
+    env.h.start("beta")
+    env.h.drive("beta")  # the first is in flight now
+    dry = run(env, "flush", minion_id="beta", dry_run=True)
+    real = run(env, "flush", minion_id="beta")
+    assert sorted(dry["minions"]["beta"]) == sorted(real["jids"]) == sorted(["20261122050816400001", JID])
+    assert dry["flushed"] == real["flushed"] == 2
+    assert run(env, "flush", minion_id="beta", dry_run=True)["flushed"] == 0
+
+
+def test_flush_glob_reaches_a_minion_owed_only_unswept_jobs(env):
+    env.h.record(new_event(minions=["beta"]))  # beta has no queue yet
+    assert run(env, "flush", minion_id="be*", dry_run=True)["minions"] == {"beta": [JID]}
+    assert run(env, "flush", minion_id="be*")["minions"] == {"beta": [JID]}
+
+
+@pytest.mark.parametrize("name", ["flush", "pending"])
+def test_glob_that_matches_nothing_is_an_error(env, name):
+    out = run(env, name, minion_id="no*such")
+    assert out["retcode"] == 1 and "no minions matched the target 'no*such'" in out["error"]
+
+
+def test_a_view_racing_the_sweep_does_not_hide_the_minion(env, monkeypatch):
+    published_job(env)
+    run(env, "enqueue")
+    env.h.record(ret_event("beta"))  # beta's queue holds only a returned job: the view empties it
+    real = env.store._drop_stale
+
+    def sweep_in_between(stale, empty):  # the sweep queues a new job for beta between read and drop
+        env.store.run(lambda b: (b.call("ZADD", env.store.keys.queue("beta"), 1, "20261122050816400009"),))
+        env.store.run(lambda b: (b.call("ZADD", env.store.keys.queues, 1, "beta"),))
+        real(stale, empty)
+
+    monkeypatch.setattr(env.store, "_drop_stale", sweep_in_between)
+    run(env, "pending")
+    assert "beta" in env.store.queued_minions()
+
+
+def test_stats_do_not_count_a_retry_jid_as_a_job(env):
+    published_job(env)
+    env.up = {"beta"}
+    run(env, "retry", jid=JID)
+    env.h.record(new_event(jid=FRESH, minions=["beta"]))  # Salt announces the retry's publish
+    assert run(env, "stats")["tracked_jobs"] == 1
+    assert run(env, "stats")["unswept_jobs"] == 1  # the original only
+
+
+def test_queue_of_a_slow_minion_nobody_reads_stays_bounded(make):
+    h = make(ttl=3600, timeout=5)
+    for i in range(30):  # beta is up but always later than timeout; nobody reads its queue
+        jid = f"202611220508164{i:05d}"
+        h.record(new_event(jid=jid, minions=["beta"], when=h.clock.now))
+        h.clock.advance(6)
+        h.replayer.sweep()
+        h.record(ret_event("beta", jid=jid))
+        h.clock.advance(600)
+    assert h.redis.zcard(h.store.keys.queue("beta")) <= 3600 // 606 + 1
