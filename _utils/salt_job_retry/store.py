@@ -65,12 +65,16 @@ log = logging.getLogger(__name__)
 # Redis' Lua stack limits how many arguments one unpack() may spread.
 
 _RECORD_NEW = """
--- KEYS: job, alias   ARGV: ttl, job blob
+-- KEYS: job, alias, returned, retry   ARGV: ttl, job blob
 -- The targets are added by a plain SADD in the same pipeline (no Lua argument
--- conversion for 10,000 ids); without a job record they are inert.
+-- conversion for 10,000 ids); without a job record they are inert. A job announced
+-- again (a replay under its own jid) renews every key of the job together: a returned
+-- set that expired before the job would make every minion that returned owed again.
 if redis.call('EXISTS', KEYS[2]) == 1 then return 0 end
 redis.call('SET', KEYS[1], ARGV[2], 'NX')
 redis.call('EXPIRE', KEYS[1], ARGV[1])
+redis.call('EXPIRE', KEYS[3], ARGV[1])
+redis.call('EXPIRE', KEYS[4], ARGV[1])
 return 1
 """
 
@@ -704,7 +708,7 @@ class Store:
         Returns the batch index whose result is 0 if jid is a replay's or a retry's fresh jid.
         """
         k, ttl = self.keys, self.conf.ttl
-        index = batch.script("record_new", [k.job(jid), k.alias(jid)], [ttl, blob])
+        index = batch.script("record_new", [k.job(jid), k.alias(jid), k.returned(jid), k.retry(jid)], [ttl, blob])
         if minions:
             batch.call("SADD", k.targets(jid), *minions)
             batch.call("EXPIRE", k.targets(jid), ttl)
