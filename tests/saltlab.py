@@ -155,6 +155,15 @@ def _kill_groups(pgids: Iterable[int], grace: float = 10.0) -> None:
     raise AssertionError(f"process groups {sorted(pending)} survived SIGKILL")
 
 
+LIBFAKETIME = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1"  # Debian's libfaketime
+
+
+def clock_off(offset: str) -> dict:
+    """Environment that runs a daemon with its clock shifted (libfaketime), e.g. "+1h"."""
+    # monotonic shifted too: with it left alone, Python's time.sleep (clock_nanosleep) fails with EINVAL
+    return {"LD_PRELOAD": LIBFAKETIME, "FAKETIME": offset, "FAKETIME_DONT_FAKE_MONOTONIC": "0"}
+
+
 class Lab:
     """One redis-server, one or more salt-masters and some salt-minions under a short temp root.
 
@@ -194,6 +203,7 @@ class Lab:
         masters: Iterable[str] = ("master",),
         minion_mode: str | dict[str, str] = "single",
         minion_extra: dict | None = None,
+        master_env: dict[str, dict] | None = None,
     ) -> None:
         if install not in ("dirs", "sync", "pip"):
             raise ValueError(f"install must be dirs, sync or pip, not {install!r}")
@@ -217,6 +227,7 @@ class Lab:
         self.master_extra = dict(master_extra or {})
         self.bin_dir = bin_dir
         self.env = {**os.environ, **(env or {})}
+        self.master_env = {name: dict(extra) for name, extra in (master_env or {}).items()}  # e.g. libfaketime
         self.wait_for_engine = wait_for_engine
         self.redis_aof = redis_aof  # appendonly yes, fsync always: survives a restart
         self.user = getpass.getuser()
@@ -422,13 +433,13 @@ class Lab:
         return self.minion_config(name).get("master_type") == "failover"
 
     # ----------------------------------------------------------------- process plumbing
-    def _spawn(self, key: str, logdir: str, argv: list[str]) -> subprocess.Popen:
+    def _spawn(self, key: str, logdir: str, argv: list[str], env: dict | None = None) -> subprocess.Popen:
         assert key not in self._procs or self._procs[key].poll() is not None, f"{key} is already running"
         _LIVE.add(self)  # from now on atexit / SIGTERM stop this lab
         _install_sigterm_handler()
         with open(self.path(logdir, "stdout.log"), "ab") as out, open(self.path(logdir, "stderr.log"), "ab") as err:
             proc = subprocess.Popen(
-                argv, stdin=subprocess.DEVNULL, stdout=out, stderr=err, env=self.env, start_new_session=True
+                argv, stdin=subprocess.DEVNULL, stdout=out, stderr=err, env=env or self.env, start_new_session=True
             )
         self._procs[key] = proc
         self.pgids.append(proc.pid)
@@ -538,7 +549,7 @@ class Lab:
         self._ensure_prepared()
         name = self._master(name)
         argv = [self._bin("salt-master"), "-c", str(self.master_path(name)), "-l", "quiet"]
-        self._spawn(f"master:{name}", name, argv)
+        self._spawn(f"master:{name}", name, argv, {**self.env, **self.master_env.get(name, {})})
         ip = self.master_ip(name)
         ports_up = lambda: _listening(self.publish_port, ip) and _listening(self.ret_port, ip)  # noqa: E731
         self._wait(f"salt-master {name}", ports_up, timeout, f"master:{name}", self._master_logs(name))

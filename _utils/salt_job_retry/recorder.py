@@ -163,6 +163,7 @@ class Recorder:
             log.warning("job_retry: ignoring malformed new-job event for jid %r", jid)
             return False
         job = job_from_new(data)
+        job["time"] = self.store.aligned(job["time"])  # the master's stamp, on Redis' clock
         if not function_names(job["fun"]):
             log.warning("job_retry: ignoring new-job event %s without a function name", jid)
             return False
@@ -206,7 +207,8 @@ class Recorder:
         inner = data.get("data") if isinstance(data.get("data"), dict) else data
         if not valid_jid(jid) or not valid_minion(minion) or not self.wanted(inner.get("fun")):
             return False
-        self.store.stage_delivery(batch, replay_origin(inner) or jid, minion, int(event_time(data) * 1000))
+        at_ms = int(self.store.aligned(event_time(data)) * 1000)  # the master's stamp, on Redis' clock
+        self.store.stage_delivery(batch, replay_origin(inner) or jid, minion, at_ms)
         self._notice("delivered", jid, minion, inner)
         return True
 
@@ -247,11 +249,20 @@ class Recorder:
         batch = self.store.batch()
         self._notices = []
         self._new_jobs: list[tuple[int, str]] = []
+        try:
+            self.store.ensure_clock()  # event stamps go on Redis' clock: measured once per process
+        except RedisUnavailable as exc:
+            if not spool_on_failure:
+                raise
+            self._spool(events, exc)
+            return 0
         relevant = [(tag, data) for tag, data in events if self._safe_stage(batch, tag, data)]
         if not len(batch):
             return 0
         try:
+            clock_op, before = self.store.stage_clock(batch), self.store.clock()
             results = guard(self.conf, batch.execute)
+            self.store.note_clock(results, clock_op, before, self.store.clock())
             # a replay's or retry's fresh jid: a second round trip, only for those
             self.store.forget_aliases([jid for i, jid in self._new_jobs if results[i] == 0])
             self._announce()

@@ -253,7 +253,7 @@ class EngineLoop:
         self.next_beat = 0.0
         self.next_adopt = 0.0
         self.next_spool_check = 0.0
-        self.starts: dict[str, tuple[int, str]] = {}  # seen, not yet written: minion -> (stamp ms, pid)
+        self.starts: dict[str, tuple[float, str]] = {}  # seen, not yet written: minion -> (master's stamp, pid)
         self.noted: list[dict] = []  # returns/acks/refusals to write before acting on them
         self.refused: dict[tuple[str, str], float] = {}  # (jid, minion) -> give up writing it at (clock)
         self.acked: set[str] = set()
@@ -292,8 +292,8 @@ class EngineLoop:
 
     def _start(self, minion: str, data: dict, pid: str) -> None:
         # The master's stamp, not when this engine got to it: engines must agree.
-        stamp = int(event_time(data) * 1000)
-        if stamp >= self.starts.get(minion, (0, ""))[0]:
+        stamp = event_time(data)  # this master's clock: put on Redis' when written
+        if stamp >= self.starts.get(minion, (0.0, ""))[0]:
             self.starts[minion] = (stamp, pid)
 
     def _job_event(self, tag: str, data: dict) -> None:
@@ -357,7 +357,9 @@ class EngineLoop:
 
     def _note_starts(self) -> None:
         starts = dict(self.starts)
-        answers = self.store.note_starts(self.engine, starts)
+        self.store.ensure_clock()
+        stamped = {m: (int(self.store.aligned(stamp) * 1000), pid) for m, (stamp, pid) in starts.items()}
+        answers = self.store.note_starts(self.engine, stamped)
         for minion, noted in starts.items():
             if self.starts.get(minion) == noted:
                 del self.starts[minion]
@@ -367,6 +369,9 @@ class EngineLoop:
 
     def _heartbeat(self, now: float) -> None:
         self.next_beat = now + min(self.IDLE_POLL, self.conf.claim_lease / 3)
+        if self.store.clock_due():  # this master's clock against Redis', once a minute
+            self.store.clock_read_at = None
+            self.store.ensure_clock()
         dead = self.store.heartbeat(self.engine, int(self.conf.claim_lease * 3000))
         if now < self.next_adopt:
             return

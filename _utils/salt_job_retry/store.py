@@ -682,12 +682,64 @@ class Batch:
 class Store:
     """Every read and write of job_retry state. Loader modules call only this."""
 
-    def __init__(self, client: redis.Redis, conf: Config, clock: Callable[[], float] = time.time):
+    CLOCK_EVERY = 60.0  # seconds between measurements of Redis' clock against ours
+
+    def __init__(
+        self,
+        client: redis.Redis,
+        conf: Config,
+        clock: Callable[[], float] = time.time,
+        redis_clock: bool | None = None,
+    ):
         self.client = client
         self.conf = conf
         self.keys = Keys(conf.key_prefix)
         self.clock = clock
+        # Every stored time is on Redis' clock, so masters whose clocks disagree still
+        # agree: scripts read TIME, and times from Salt events (stamped by a master) are
+        # shifted by `skew`, Redis' clock minus this host's. Off with an injected test clock.
+        self.redis_clock = clock is time.time if redis_clock is None else redis_clock
+        self.skew = 0.0
+        self.clock_read_at: float | None = None  # time.monotonic() of the last measurement
         self.held_by = ""  # after take() answered None: the engine holding the sequence
+
+    # -- one clock ------------------------------------------------------------------
+
+    def now(self) -> float:
+        """Now on Redis' clock (epoch seconds)."""
+        self.ensure_clock()
+        return self.clock() + self.skew
+
+    def aligned(self, local: float) -> float:
+        """A time read off this host's clock (a Salt event's stamp), on Redis' clock."""
+        return local + self.skew
+
+    def ensure_clock(self) -> None:
+        """Measure the skew if it never was (one round trip, once per process)."""
+        if self.redis_clock and self.clock_read_at is None:
+            before = self.clock()
+            (reply,) = self.run(lambda b: b.call("TIME"))
+            self._note_clock(reply, before, self.clock())
+
+    def clock_due(self) -> bool:
+        return self.redis_clock and (
+            self.clock_read_at is None or time.monotonic() - self.clock_read_at > self.CLOCK_EVERY
+        )
+
+    def stage_clock(self, batch: Batch) -> int | None:
+        """Measure the skew again with a batch about to go anyway (no extra round trip)."""
+        return batch.call("TIME") if self.clock_due() else None
+
+    def note_clock(self, results: list[Any], index: int | None, before: float, after: float) -> None:
+        if index is not None:
+            self._note_clock(results[index], before, after)
+
+    def _note_clock(self, reply: Any, before: float, after: float) -> None:
+        seconds, micros = (int(x) for x in reply)
+        self.skew = seconds + micros / 1e6 - (before + after) / 2
+        self.clock_read_at = time.monotonic()
+        if abs(self.skew) > 1:
+            log.warning("job_retry: this host's clock is %.1f s off Redis'; times are kept on Redis' clock", -self.skew)
 
     # -- plumbing -----------------------------------------------------------------
 
@@ -752,7 +804,7 @@ class Store:
         """
         queued: list[tuple[str, str, dict]] = []
         while True:
-            now = self.clock()
+            now = self.now()
             cutoff = now - self.conf.timeout
             jids = [
                 _text(j)
@@ -808,7 +860,7 @@ class Store:
 
     def now_arg(self) -> str:
         """'' lets the scripts read Redis' clock; an injected test clock is passed instead."""
-        return "" if self.clock is time.time else str(int(self.clock() * 1000))
+        return "" if self.redis_clock else str(int(self.clock() * 1000))
 
     def owed_candidates(self, minion: str) -> tuple[list[str], set[str]]:
         """Jids that may be owed to minion: its queue plus every not-yet-swept job."""
@@ -1081,7 +1133,7 @@ class Store:
 
     def stats(self) -> dict[str, Any]:
         """Counts for operators and metrics (one pipeline, plus the pending listing)."""
-        k, now = self.keys, self.clock()
+        k, now = self.keys, self.now()
         jobs, unswept, counters = self.run(
             lambda b: (
                 b.call("ZCOUNT", k.jobs, now - self.conf.ttl, "+inf"),
@@ -1119,7 +1171,7 @@ class Store:
         """Replays allowed now by the fleet-wide `max_replays_per_second` bucket."""
         rate = self.conf.max_replays_per_second
         burst = max(1, math.ceil(rate / 10))  # 100 ms worth: any one-second window stays near `rate`
-        now_ms = int(self.clock() * 1000)
+        now_ms = int(self.now() * 1000)
         (granted,) = self.run(lambda b: b.script("take_tokens", [self.keys.rate], [rate, burst, now_ms, wanted]))
         return int(granted)
 
@@ -1140,7 +1192,7 @@ class Store:
         )
         f = {_text(x): _text(v) for x, v in seq.items()}
         return SeqView(
-            now_ms=int(self.clock() * 1000),
+            now_ms=int(self.now() * 1000),
             proc=f.get("proc", ""),
             # No process known yet: everything queued is owed to the next one.
             started_ms=int(float(f["started"])) if f.get("proc") else 2**62,
@@ -1221,7 +1273,7 @@ class Store:
             sizes = self.run(lambda b: [b.call("ZCARD", self.keys.queue(m)) for m in empty])
             back = [m for m, n in zip(empty, sizes, strict=True) if n]
             if back:
-                now = self.clock()
+                now = self.now()
                 self.run(lambda b: [b.call("ZADD", self.keys.queues, now, m) for m in back])
 
     def flush(self, minion: str, jids: list[str] | None = None, dry_run: bool = False) -> list[str]:
@@ -1257,7 +1309,7 @@ class Store:
         job = unpack(blob)
         fields = {_text(f): _text(v) for f, v in retry.items()}
         returned = {_text(m) for m in returned}
-        now = self.clock()
+        now = self.now()
         minions = {}
         for m in sorted(_text(t) for t in targets):
             minions[m] = minion_state(m, returned, fields, job, now, self.conf.timeout)
@@ -1280,7 +1332,7 @@ class Store:
         Reset and queue the minions of jid that did not return and have nothing in flight;
         mark those in `send` sent to their current process under `fresh` (see retry_claim).
         """
-        k, ttl, now = self.keys, self.conf.ttl, self.clock()
+        k, ttl, now = self.keys, self.conf.ttl, self.now()
         procs = self.processes(minions) if minions else {}
         args: list[Any] = [ttl, repr(now), self.now_arg(), int(self.conf.replay_wait * 1000), fresh]
         for m in minions:

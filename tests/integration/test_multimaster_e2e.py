@@ -20,7 +20,7 @@ from urllib.parse import quote
 
 import pytest
 
-from tests.saltlab import Lab, salt_version
+from tests.saltlab import LIBFAKETIME, Lab, clock_off, salt_version
 
 SETTLE = 5  # seconds to wait for a duplicate that must not come
 MASTERS = ("m1", "m2")
@@ -52,6 +52,14 @@ PROFILES = {
     },
     # one master: a killed engine can only be continued by the engine Salt restarts
     "single": {"minions": ("beta",), "minion_extra": PID_GRAINS},
+    # hot multi-master, m2's clock an hour ahead (libfaketime)
+    "skew": {
+        "masters": MASTERS,
+        "minions": ("beta",),
+        "minion_mode": "hot",
+        "minion_extra": PID_GRAINS,
+        "master_env": {"m2": clock_off("+1h")},
+    },
 }
 
 
@@ -489,3 +497,24 @@ def test_restarted_engine_runs_on_a_quiet_bus(mm):
     time.sleep(3 * mm.master_config()["job_retry"]["claim_lease"])  # other engines would deem it dead now
     age = heartbeat_age(mm, engine)
     assert age < 2, f"last heartbeat of {engine} {age:.1f} s ago"
+
+
+@pytest.mark.skipif(not os.path.exists(LIBFAKETIME), reason="Debian's libfaketime is not installed")
+@profile("skew")
+def test_a_master_an_hour_ahead_does_not_hide_a_missed_job(mm):
+    """m2 stamps its jobs and starts an hour ahead of m1. beta missed a job published through m2;
+    whichever master's start is noted, the job was published before it on Redis' clock: it runs
+    once after the restart. A job published through m1 after the start is not replayed."""
+    ensure_up(mm, "beta")
+    mm.kill_minion("beta")
+    ahead = mm.publish_trace("beta", "skew-ahead", tgt_type="list", master="m2")
+    wait_swept(mm, [ahead])
+    assert "off Redis'" in mm.master_log("m2")  # the engine saw its clock is off, and said so
+    mm.start_minion("beta")
+    assert mm.wait_trace("beta", "skew-ahead", timeout=30) == 1
+    later = mm.publish_trace("beta", "skew-later", tgt_type="list", master="m1")
+    assert mm.wait_trace("beta", "skew-later", timeout=30) == 1
+    assert wait_for(lambda: beta_status(mm, ahead)["state"] == "returned", 30)
+    time.sleep(SETTLE)
+    assert mm.trace_count("beta", "skew-ahead") == 1 and mm.trace_count("beta", "skew-later") == 1
+    assert total_published(mm, later) == 1
