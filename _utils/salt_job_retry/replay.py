@@ -104,6 +104,12 @@ class Replayer:
             return Step(held_by=self.store.held_by)
         if view.pend_ms or not view.proc:
             return Step(probe=True, pend_ms=view.pend_ms)
+        if view.cur and view.pub and view.now_ms < view.wait_ms:
+            # A replay in flight: until it returns or its wait ends, only its own state matters
+            # (a re-check costs one look, not one per queued job).
+            head = self.store.look(minion, view, only=view.cur)
+            if head and (head[0].state == "sent" or head[0].final == "flushed"):
+                return Step(view.wait_ms, waiting_for=tuple({view.cur, view.pub}))
         looks = self.store.look(minion, view) if view.queue else []
         flushed_running = next((lk for lk in looks if lk.jid == view.cur and lk.final == "flushed" and view.pub), None)
         if flushed_running is not None and view.now_ms < view.wait_ms:
@@ -323,10 +329,7 @@ class EngineLoop:
             if self.recorder.spool.has_data() and not self.recorder.flush_spool():
                 raise RedisUnavailable(f"Redis unreachable at {self.conf.redis_display} (spool not drained)")
         if not self.rewound:
-            moved = self.store.rewind(self.engine)
-            self.rewound = True
-            if moved:
-                log.info("job_retry: engine %s took back %d minion(s) from its last run", self.engine, moved)
+            self._rewind()
         self._write_noted()
         if self.starts:
             self._note_starts()
@@ -340,6 +343,17 @@ class EngineLoop:
         if self.backoff:
             log.warning("job_retry: Redis is reachable again; engine resumed")
             self.backoff = 0.0
+
+    def _rewind(self) -> None:
+        moved = self.store.rewind(self.engine)
+        # adopted by the last run and not yet asked whether they are connected to this master
+        owners = self.store.owners(self.store.work_set(self.engine))
+        unasked = [m for m, owner in owners.items() if owner != self.engine]
+        for minion in unasked:
+            self.unverified.setdefault(minion, 0)
+        self.rewound = True
+        if moved:
+            log.info("job_retry: engine %s took back %d minion(s) from its last run", self.engine, len(moved))
 
     def _write_noted(self) -> None:
         # Each list is cleared only once written: a Redis blip must not lose a start or a refusal.
@@ -426,9 +440,15 @@ class EngineLoop:
         for minion in set(minions) - set(answered):
             tries = self.unverified.get(minion, 0) + 1
             if tries >= self.PROBE_TRIES:
-                log.warning("job_retry: %s did not answer through this master; leaving it to its next start", minion)
                 self.unverified.pop(minion, None)
                 self.store.schedule(self.engine, minion, None)
+                owner = self.store.owners([minion])[minion]
+                silent = "job_retry: %s did not answer through this master; %s"
+                if owner and owner != self.engine:  # back to the engine it is connected through
+                    log.warning(silent, minion, f"handing it back to {owner}")
+                    self.store.wake([minion], None)
+                else:
+                    log.warning(silent, minion, "leaving it to its next start")
             else:
                 self.unverified[minion] = tries
                 self.store.schedule(self.engine, minion, redis_now + int(self.conf.probe_timeout * 1000))

@@ -332,12 +332,12 @@ return {now, due, nxt[2] or ''}
 _REWIND = (
     _NOW
     + """
--- KEYS: active   ARGV: now.  An engine (re)starting does not know what its minions
--- wait for (that lived in the old process): make every one of them due now.
+-- KEYS: active   ARGV: now, limit.  An engine (re)starting does not know what its minions
+-- wait for (that lived in the old process): make them due now, `limit` at a time.
 local now = now_ms(ARGV[1])
-local later = redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. now, '+inf')
+local later = redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. now, '+inf', 'LIMIT', 0, tonumber(ARGV[2]))
 for i = 1, #later do redis.call('ZADD', KEYS[1], now, later[i]) end
-return #later
+return later
 """
 )
 
@@ -966,9 +966,9 @@ class Store:
         k = self.keys
         return [k.job(jid), k.targets(jid), k.returned(jid), k.retry(jid)]
 
-    def look(self, minion: str, view: SeqView) -> list[Look]:
-        """Where each queued job stands for the minion's current process, oldest first."""
-        entries = view.queue
+    def look(self, minion: str, view: SeqView, only: str | None = None) -> list[Look]:
+        """Where each queued job (or only the one jid) stands for the minion's current process, oldest first."""
+        entries = [e for e in view.queue if only is None or e[0] == only]
         results = self.run(
             lambda b: [
                 b.script("pair", self._pair_keys(jid), self._pair_args(minion, view, jid, published, "look"))
@@ -1048,10 +1048,23 @@ class Store:
         nxt = _text(r[2])
         return int(r[0]), [_text(m) for m in r[1]], int(float(nxt)) if nxt else None
 
-    def rewind(self, engine: str) -> int:
-        """Make every minion on the engine's work set due now; returns how many were moved."""
-        (r,) = self.run(lambda b: b.script("rewind", [self.keys.active(engine)], [self.now_arg()]))
-        return int(r)
+    def rewind(self, engine: str, chunk: int = 1000) -> list[str]:
+        """Make every minion on the engine's work set due now (`chunk` per script call); returns them."""
+        moved: list[str] = []
+        while True:
+            (r,) = self.run(lambda b: b.script("rewind", [self.keys.active(engine)], [self.now_arg(), chunk]))
+            moved += [_text(m) for m in r]
+            if len(r) < chunk:
+                return moved
+
+    def work_set(self, engine: str) -> list[str]:
+        """Every minion on the engine's work set."""
+        return [_text(m) for m in guard(self.conf, self.client.zrange, self.keys.active(engine), 0, -1)]
+
+    def owners(self, minions: list[str]) -> dict[str, str]:
+        """The engine holding each minion's sequence ('' if none)."""
+        found = self.run(lambda b: [b.call("HGET", self.keys.seq(m), "owner") for m in minions]) if minions else []
+        return {m: _text(o) if o else "" for m, o in zip(minions, found, strict=True)}
 
     def heartbeat(self, engine: str, dead_after_ms: int) -> list[str]:
         """Say this engine is alive; returns the engines that have gone silent."""
@@ -1098,7 +1111,7 @@ class Store:
             return
         k, ttl = self.keys, self.conf.ttl
         owners = self.run(lambda b: [b.call("HGET", k.seq(m), "owner") for m in minions])
-        due = int(time.time() * 1000) + hold_ms  # a short hold: a master's clock is close enough
+        due = int(self.now() * 1000) + hold_ms
 
         def fill(b: Batch) -> None:
             for m, owner in zip(minions, owners, strict=True):

@@ -343,3 +343,63 @@ def test_note_start_gives_a_new_sequence_key_its_ttl(h, pid):
     h.start("beta", pid=pid)
     ttl = h.redis.ttl(h.store.keys.seq("beta"))
     assert 0 < ttl <= h.conf.ttl
+
+
+# -- second review (engine restart, 30 s re-check) ---------------------------------------------------
+
+
+def test_r1_recheck_of_a_replay_in_flight_looks_at_that_job_only(h, monkeypatch):
+    jids = [f"2026112205081640{i:04d}" for i in range(20)]
+    owed_jobs(h, *jids)
+    h.start("beta")
+    assert [p[1] for p in h.drive("beta")] == [jids[0]]
+    looked = []
+    real = h.store.look
+    monkeypatch.setattr(h.store, "look", lambda m, view, only=None: looked.append(real(m, view, only)) or looked[-1])
+    h.clock.advance(30)
+    assert h.drive("beta") == []
+    assert [len(found) for found in looked] == [1]  # not 20
+    h.record(replay_ret("beta", jids[0]))
+    assert [p[1] for p in h.drive("beta")] == [jids[1]]
+
+
+def test_r2_minion_that_does_not_answer_the_adopter_goes_back_to_its_engine(h):
+    """e1 went silent mid-sequence; e2 adopted beta, which is connected to e1's master only."""
+    owed_jobs(h, OLDER, JID)  # swept already: no later sweep wakes anyone
+    first, clock1, _ = loop_for(h, [start_event("beta", when=h.clock.now)], engine="e1")
+    first.step()
+    assert h.published == [("beta", OLDER, "cmd.run", 1)]
+    h.clock.advance(h.conf.claim_lease * 3 + 1)
+    adopter, clock2, _ = loop_for(h, [], engine="e2", probe=Probe({}))
+    for i in range(1, 20):  # e2 asks three times, gets no answer
+        clock2[0] = i * 10.0
+        h.clock.advance(5)
+        adopter.step()
+    assert h.published == [("beta", OLDER, "cmd.run", 1)]
+    h.record(replay_ret("beta", OLDER))  # returned to e1's master while e1 was away
+    restarted, _, _ = loop_for(h, [], engine="e1")  # Salt restarts e1 under the same id
+    restarted.step()
+    assert h.published[-1] == ("beta", JID, "cmd.run", 1)
+
+
+def test_r3_restarted_adopter_asks_before_publishing(h):
+    h.record(new_event(jid=OLDER, minions=["beta"], when=T0), new_event(minions=["beta"], when=T0 + 1))
+    first, _, _ = loop_for(h, [start_event("beta", when=T0 + 2)], engine="e1")
+    first.step()
+    h.record(replay_ret("beta", OLDER))
+    h.clock.advance(h.conf.claim_lease * 3 + 1)
+    adopter, _, _ = loop_for(h, [], engine="e2", probe=Probe({}))
+    adopter._heartbeat(0.0)  # adopts beta, then the process dies before asking it
+    assert h.redis.zscore(h.store.keys.active("e2"), "beta") is not None
+    probe = Probe({})
+    restarted, _, _ = loop_for(h, [], engine="e2", probe=probe)
+    restarted.step()
+    assert probe.asked == [["beta"]] and len(h.published) == 1  # asked, not published blind
+
+
+def test_r4_rewind_moves_a_large_work_set_in_chunks(h):
+    members = {f"m{i}": 10**13 for i in range(2500)}
+    h.redis.zadd(h.store.keys.active("e1"), members)
+    moved = h.store.rewind("e1", chunk=1000)
+    assert sorted(moved) == sorted(members)
+    assert h.redis.zcount(h.store.keys.active("e1"), "-inf", h.now_ms()) == 2500
