@@ -73,7 +73,7 @@ def is_wanted(fun: Any, conf: Config) -> bool:
 
 # salt/modules/state.py running(): what a state function returns, with retcode 1,
 # when another state run holds the minion (state_queue off, or queue=<n> exceeded).
-REFUSAL_RE = re.compile(r'^The function ".+" is running as PID \d+ and was started at .* with jid \S+$')
+REFUSAL_RE = re.compile(r'^The function ".+" is running as PID \d+ and was started at .* with jid (\S+)$')
 QUEUE_FAILED = "Failed to queue job"
 
 
@@ -85,6 +85,13 @@ def is_refusal(data: dict) -> bool:
     if isinstance(ret, list) and ret and all(isinstance(r, str) and REFUSAL_RE.match(r) for r in ret):
         return True
     return isinstance(ret, dict) and str(ret.get("comment", "")).startswith(QUEUE_FAILED) and ret.get("result") is False
+
+
+def refused_by(data: dict) -> set[str]:
+    """The jids of the state runs that made Salt refuse this one (from its refusal text)."""
+    ret = data.get("return")
+    found = (REFUSAL_RE.match(r) for r in ret if isinstance(r, str)) if isinstance(ret, list) else ()
+    return {m.group(1) for m in found if m}
 
 
 def event_time(data: dict) -> float:

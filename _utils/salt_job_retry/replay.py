@@ -22,7 +22,7 @@ from typing import Any
 
 from .config import Config
 from .events import fire_action
-from .recorder import event_time, is_refusal, replay_origin
+from .recorder import event_time, is_refusal, refused_by, replay_origin
 from .store import Claim, Look, RedisUnavailable, SeqView, Store, pack
 
 log = logging.getLogger(__name__)
@@ -217,6 +217,20 @@ class Replayer:
         return queued
 
 
+def minion_run_job(minion: str, data: dict) -> dict:
+    """A job record for a run the minion started itself, from its return."""
+    args = data.get("fun_args")
+    return {
+        "fun": data["fun"],
+        "arg": list(args) if isinstance(args, list) else [],
+        "tgt": [minion],
+        "tgt_type": "list",
+        "user": "minion",
+        "minion_run": True,
+        "time": event_time(data),
+    }
+
+
 class EngineLoop:
     """
     One master's replay engine: its bus in, replays and sweeps out.
@@ -232,6 +246,7 @@ class EngineLoop:
     IDLE_POLL = 1.0
     PROBE_TRIES = 3
     REFUSAL_KEEP = 60.0
+    MINION_RUN_AFTER = 5.0  # a refused run still unknown by then was started by the minion itself
     RECHECK_WAITING = 30.0  # a replay in flight is looked at this often, in case its return event was missed
 
     def __init__(
@@ -263,6 +278,7 @@ class EngineLoop:
         self.noted: list[dict] = []  # returns/acks/refusals to write before acting on them
         self.refused: dict[tuple[str, str], float] = {}  # (jid, minion) -> give up writing it at (clock)
         self.acked: set[str] = set()
+        self.minion_runs: dict[tuple[str, str], tuple[float, dict]] = {}  # refused by our replay: (after, job)
         self.woken: set[str] = set()
         self.waiting: dict[str, tuple[str, ...]] = {}  # minion -> jids whose return wakes it
         self.unverified: dict[str, int] = {}  # minion -> probe failures, for adopted/unidentified ones
@@ -314,7 +330,10 @@ class EngineLoop:
                 self.acked.add(minion)
         elif parts[3] == "ret" and is_refusal(data):
             self.noted.append({"tag": tag, "data": data})
-            self.refused.setdefault((replay_origin(data) or jid, minion), self.clock() + self.REFUSAL_KEEP)
+            pair = (replay_origin(data) or jid, minion)
+            self.refused.setdefault(pair, self.clock() + self.REFUSAL_KEEP)
+            if refused_by(data) & set(self.waiting.get(minion, ())) and isinstance(data.get("fun"), str):
+                self.minion_runs[pair] = (self.clock() + self.MINION_RUN_AFTER, minion_run_job(minion, data))
 
     def _wait(self) -> float:
         if self.starts or self.woken or self.noted:
@@ -364,10 +383,22 @@ class EngineLoop:
             later = self.store.enqueue_refused(self.engine, list(self.refused), refusal_backoff_ms(1))
             # the returner has not written those jobs yet: keep them a while (the sweep is the backstop)
             self.refused = {pair: self.refused[pair] for pair in later if self.refused[pair] > self.clock()}
+            self._record_minion_runs()
         while self.acked:
             minion = next(iter(self.acked))
             self.store.seq_set(self.engine, minion, acks="1")
             self.acked.discard(minion)
+
+    def _record_minion_runs(self) -> None:
+        """A state run the minion started itself (startup_states) that our replay made Salt refuse."""
+        for pair, (after, job) in list(self.minion_runs.items()):
+            if pair not in self.refused:  # written as a known job's refusal, or given up
+                del self.minion_runs[pair]
+            elif self.clock() >= after:
+                del self.minion_runs[pair]
+                job = {**job, "time": self.store.aligned(job["time"])}
+                if self.store.record_minion_run(*pair, job):
+                    log.info("job_retry: %s refused its own run %s (%s) for a replay; owed", *pair[::-1], job["fun"])
 
     def _note_starts(self) -> None:
         starts = dict(self.starts)

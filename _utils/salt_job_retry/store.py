@@ -318,6 +318,24 @@ return 1
 """
 )
 
+_MINION_RUN = (
+    _NOW
+    + """
+-- KEYS: job, targets, retry, alias   ARGV: ttl, job blob, minion, now
+-- A state run the minion started itself (startup_states) that Salt refused because one of
+-- our replays was running: had the minion been up, it would have run. Recorded as a job of
+-- that minion, refused, so it goes out once the sequence reaches it. Never over a known job.
+if redis.call('EXISTS', KEYS[1]) == 1 or redis.call('EXISTS', KEYS[4]) == 1 then return 0 end
+local m = ARGV[3]
+redis.call('SET', KEYS[1], ARGV[2], 'EX', ARGV[1])
+redis.call('SADD', KEYS[2], m)
+redis.call('EXPIRE', KEYS[2], ARGV[1])
+redis.call('HSET', KEYS[3], 'k:' .. m, '0', 'r:' .. m, now_ms(ARGV[4]))
+redis.call('EXPIRE', KEYS[3], ARGV[1])
+return 1
+"""
+)
+
 _TAKE_DUE = (
     _NOW
     + """
@@ -466,6 +484,7 @@ SCRIPTS = {
     "flush": _FLUSH,
     "retry_claim": _RETRY_CLAIM,
     "take_due": _TAKE_DUE,
+    "minion_run": _MINION_RUN,
     "rewind": _REWIND,
     "heartbeat": _HEARTBEAT,
     "adopt": _ADOPT,
@@ -1080,6 +1099,15 @@ class Store:
             lambda b: b.script("adopt", [k.active(dead), k.active(engine), k.engines], [dead, self.conf.ttl])
         )
         return [_text(m) for m in r]
+
+    def record_minion_run(self, jid: str, minion: str, job: dict) -> bool:
+        """Record a refused run the minion started itself (see _MINION_RUN); False if jid is known."""
+        k, ttl = self.keys, self.conf.ttl
+        keys = [k.job(jid), k.targets(jid), k.retry(jid), k.alias(jid)]
+        (created,) = self.run(lambda b: b.script("minion_run", keys, [ttl, pack(job), minion, self.now_arg()]))
+        if created:
+            self.run(lambda b: (b.call("ZADD", k.jobs, "NX", job["time"], jid), b.call("EXPIRE", k.jobs, ttl)))
+        return bool(created)
 
     def enqueue_refused(self, engine: str, pairs: list[tuple[str, str]], hold_ms: int = 0) -> list[tuple[str, str]]:
         """

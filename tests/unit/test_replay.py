@@ -934,3 +934,46 @@ def test_replay_in_flight_is_looked_at_again_when_its_return_event_was_missed(h)
     clock[0] += EngineLoop.RECHECK_WAITING + 1
     loop.step()
     assert h.published[-1] == ("beta", JID, "cmd.run", 1)
+
+
+def startup_refusal(minion, blocking, jid="20261122050899000001"):
+    """The return of the minion's own startup highstate, refused because `blocking` was running."""
+    text = f'The function "state.apply" is running as PID 7 and was started at 2026, Nov 22 with jid {blocking}'
+    return ret_event(minion, jid=jid, fun="state.highstate", fun_args=[], retcode=1, **{"return": [text]})
+
+
+def test_loop_startup_run_refused_by_our_replay_is_owed_after_it(h):
+    h.record(new_event(jid=OLDER, minions=["beta"], fun="state.apply", arg=[], when=T0))
+    loop, clock, _ = loop_for(h, [start_event("beta", when=T0 + 2)], recorder=h.recorder)
+    loop.step()
+    assert h.published == [("beta", OLDER, "state.apply", 1)]
+    own = "20261122050899000001"
+    loop.feed.events.append(startup_refusal("beta", OLDER, jid=own))
+    loop.step()
+    assert h.store.job(own) is None  # it may yet be a published job the returner is behind on
+    clock[0] += EngineLoop.MINION_RUN_AFTER + 1
+    h.clock.advance(EngineLoop.MINION_RUN_AFTER + 1)
+    loop.step()
+    assert h.store.job(own)["fun"] == "state.highstate" and state(h, own)["state"] == "refused"
+    loop.feed.events.append(replay_ret("beta", OLDER))
+    loop.step()
+    clock[0] += 5
+    h.clock.advance(5)
+    loop.step()
+    loop.step()
+    (resent,) = h.published[1:]
+    assert resent[0] == "beta" and resent[2] == "state.highstate" and resent[1] != own  # a fresh jid
+    assert h.publish_meta[-1]["orig_jid"] == own
+    h.record(replay_ret("beta", resent[1], orig=own))
+    assert state(h, own)["state"] == "returned"
+
+
+def test_loop_minion_run_refused_by_something_else_is_left_alone(h):
+    h.record(new_event(jid=OLDER, minions=["beta"], fun="state.apply", arg=[], when=T0))
+    loop, clock, _ = loop_for(h, [start_event("beta", when=T0 + 2)], recorder=h.recorder)
+    loop.step()
+    loop.feed.events.append(startup_refusal("beta", "20261122050877777777"))  # not our replay
+    loop.step()
+    clock[0] += EngineLoop.MINION_RUN_AFTER + 1
+    loop.step()
+    assert h.store.job("20261122050899000001") is None
