@@ -231,6 +231,8 @@ local n, c = tonumber(f[6] or '0'), tonumber(f[7] or '0')
 local state = 'owed'
 if k and k == (t or '0') then state = 'refused'
 elseif p == proc then state = 'sent'
+-- a `retry` that did not know the process yet (its pid not learnt): sent after it connected
+elseif p == 'retry' and tonumber(t or '0') >= tonumber(ARGV[3]) then state = 'sent'
 elseif d then
   -- acknowledged: by this process (running), or by one born before it (it died running it)
   if tonumber(d) >= tonumber(ARGV[11]) then state = 'sent' else state = 'acked' end

@@ -364,3 +364,14 @@ def test_queue_of_a_slow_minion_nobody_reads_stays_bounded(make):
         h.record(ret_event("beta", jid=jid))
         h.clock.advance(600)
     assert h.redis.zcard(h.store.keys.queue("beta")) <= 3600 // 606 + 1
+
+
+def test_retry_before_the_engine_knows_the_process_is_not_replayed_by_it(env):
+    published_job(env)
+    run(env, "enqueue")
+    env.h.start("beta", pid="")  # connected; its pid is still being asked for
+    env.up = {"beta"}
+    assert run(env, "retry", jid=JID)["published"] == ["beta"]
+    env.h.start("beta", pid="4242")  # the probe answers
+    assert env.h.drive("beta") == []
+    assert len(env.h.published) == 1
