@@ -1366,9 +1366,12 @@ class Store:
         return sorted(_text(m) for m in guard(self.conf, self.client.sdiff, [k.targets(jid), k.returned(jid)]))
 
     def processes(self, minions: list[str]) -> dict[str, str]:
-        """The minion process each sequence last identified (pid), '' where none is known."""
-        procs = self.run(lambda b: [b.call("HGET", self.keys.seq(m), "proc") for m in minions])
-        return {m: _text(p) if p else "" for m, p in zip(minions, procs, strict=True)}
+        """
+        The minion process each sequence identified (pid); '' where none is known, or where a
+        newer connection's pid is still being asked for.
+        """
+        found = self.run(lambda b: [b.call("HMGET", self.keys.seq(m), "proc", "pend") for m in minions])
+        return {m: _text(proc) if proc and not pend else "" for m, (proc, pend) in zip(minions, found, strict=True)}
 
     def prepare_retry(self, jid: str, minions: list[str], send: set[str], fresh: str) -> RetryClaim:
         """

@@ -375,3 +375,19 @@ def test_retry_before_the_engine_knows_the_process_is_not_replayed_by_it(env):
     env.h.start("beta", pid="4242")  # the probe answers
     assert env.h.drive("beta") == []
     assert len(env.h.published) == 1
+
+
+def test_retry_while_a_restarted_minion_is_being_identified_is_not_replayed_again(env):
+    published_job(env)
+    run(env, "enqueue")
+    env.h.start("beta", pid="100")
+    env.h.drive("beta")  # the old process got a replay
+    env.h.record(ret_event("gamma"))
+    env.h.clock.advance(1)
+    env.h.start("beta", pid="")  # beta restarted; the new pid is being asked for
+    env.up = {"beta"}
+    before = len(env.h.published)
+    assert run(env, "retry", jid=JID)["published"] == ["beta"]
+    env.h.start("beta", pid="200")
+    assert env.h.drive("beta") == []
+    assert len(env.h.published) == before + 1
