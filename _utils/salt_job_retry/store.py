@@ -24,7 +24,7 @@ key                                    type    content
 ``P:{<jid>}:alias``                    string  set on a fresh jid published by ``retry``:
                                                the original jid (the fresh jid is not
                                                tracked as a job of its own)
-``P:unswept``                          zset    jids not yet swept, scored by publish time
+``P:unswept``                          zset    jids not yet swept, scored by publish time (swept: SWEPT + it)
 ``P:queues``                           zset    minion ids that have a queue, scored by
                                                last enqueue time
 ``P:minion:<quoted id>:queue``         zset    the minion's pending jids, scored by
@@ -495,6 +495,10 @@ SCRIPTS = {
 SHAS = {name: hashlib.sha1(body.encode()).hexdigest() for name, body in SCRIPTS.items()}
 
 
+# `P:unswept` scores of swept jobs: SWEPT + publish time, beyond every sweep's cutoff.
+SWEPT = 10**11
+
+
 class RedisUnavailable(Exception):
     """Redis could not be reached or refused us; the message is operator-ready."""
 
@@ -849,9 +853,12 @@ class Store:
 
         results = self.run(fill)
         owed: list[tuple[str, str, bool, dict]] = []
+        published: dict[str, float] = {}
         for i, jid in enumerate(jids):
             pairs, blob = results[2 * i], results[2 * i + 1]
             job = unpack(blob) if blob else {}
+            if job:
+                published[jid] = float(job.get("time", now))
             owed.extend((jid, _text(pairs[j]), pairs[j + 1] == 1, job) for j in range(0, len(pairs), 2))
 
         def enqueue(b: Batch) -> None:
@@ -864,8 +871,15 @@ class Store:
                 b.call("EXPIRE", k.queue(minion), ttl)
                 b.call("ZADD", k.queues, now, minion)
             b.call("EXPIRE", k.queues, ttl)
-            b.call("ZREM", k.unswept, *jids)
-            b.call("ZREMRANGEBYSCORE", k.jobs, "-inf", now - ttl)  # their keys have expired
+            # Swept jobs stay in the index with a score past every cutoff: the `new` of a replay
+            # under the original jid (ZADD NX) then leaves it swept instead of queueing it again.
+            gone = [jid for jid in jids if jid not in published]
+            if gone:
+                b.call("ZREM", k.unswept, *gone)
+            for jid, at in published.items():
+                b.call("ZADD", k.unswept, "XX", SWEPT + at, jid)
+            b.call("ZREMRANGEBYSCORE", k.unswept, SWEPT, SWEPT + now - ttl)  # their keys have expired
+            b.call("ZREMRANGEBYSCORE", k.jobs, "-inf", now - ttl)
             fresh = sum(1 for _, _, new, _ in owed if new)
             if fresh:
                 b.call("HINCRBY", k.stats, "queued", fresh)
@@ -886,7 +900,10 @@ class Store:
     def owed_candidates(self, minion: str) -> tuple[list[str], set[str]]:
         """Jids that may be owed to minion: its queue plus every not-yet-swept job."""
         queue, unswept = self.run(
-            lambda b: (b.call("ZRANGE", self.keys.queue(minion), 0, -1), b.call("ZRANGE", self.keys.unswept, 0, -1))
+            lambda b: (
+                b.call("ZRANGE", self.keys.queue(minion), 0, -1),
+                b.call("ZRANGEBYSCORE", self.keys.unswept, "-inf", f"({SWEPT}"),
+            )
         )
         queued = [_text(j) for j in queue]
         seen = set(queued)
@@ -918,12 +935,15 @@ class Store:
         if not minions:
             return
         k, ttl = self.keys, self.conf.ttl
-        rows = guard(self.conf, self.client.zrange, k.unswept, 0, -1, False, True)
+        rows = guard(self.conf, self.client.zrangebyscore, k.unswept, "-inf", f"({SWEPT}", None, None, True)
         jobs = [(_text(jid), float(score)) for jid, score in rows]
         if not jobs:
             return
-        member = self.run(lambda b: [b.call("SISMEMBER", k.targets(j), m) for m in minions for j, _ in jobs])
-        hits = [(m, j, t) for i, (m, (j, t)) in enumerate((m, jt) for m in minions for jt in jobs) if member[i]]
+        # one command per job for all the minions that started (a master restart: thousands at once)
+        member = self.run(lambda b: [b.call("SMISMEMBER", k.targets(j), *minions) for j, _ in jobs])
+        hits = []
+        for (jid, published), flags in zip(jobs, member, strict=True):
+            hits += [(m, jid, published) for m, flag in zip(minions, flags, strict=True) if flag]
 
         def fill(b: Batch) -> None:
             for m, jid, published in hits:
@@ -1180,7 +1200,7 @@ class Store:
         jobs, unswept, counters = self.run(
             lambda b: (
                 b.call("ZCOUNT", k.jobs, now - self.conf.ttl, "+inf"),
-                b.call("ZCARD", k.unswept),
+                b.call("ZCOUNT", k.unswept, "-inf", f"({SWEPT}"),
                 b.call("HGETALL", k.stats),
             )
         )
@@ -1358,7 +1378,7 @@ class Store:
             minions[m] = minion_state(m, returned, fields, job, now, self.conf.timeout)
         if job.get("excluded"):
             minions = {}
-        return {"job": job, "minions": minions, "swept": unswept is None}
+        return {"job": job, "minions": minions, "swept": unswept is None or float(unswept) >= SWEPT}
 
     def missing(self, jid: str) -> list[str]:
         """Targets of jid that have not returned."""

@@ -977,3 +977,16 @@ def test_loop_minion_run_refused_by_something_else_is_left_alone(h):
     clock[0] += EngineLoop.MINION_RUN_AFTER + 1
     loop.step()
     assert h.store.job("20261122050899000001") is None
+
+
+def test_replay_announced_under_its_own_jid_is_not_swept_again(h, monkeypatch):
+    owed_jobs(h, JID, minions=("alpha", "beta", "gamma"))
+    h.start("beta")
+    assert h.drive("beta") == [("beta", JID, "cmd.run", 1)]
+    h.record(new_event(minions=["beta"], when=h.clock.now))  # Salt's `new` for the replay
+    swept = []
+    real = h.store._sweep_jobs
+    monkeypatch.setattr(h.store, "_sweep_jobs", lambda jids, now: swept.append(jids) or real(jids, now))
+    h.clock.advance(h.conf.timeout + 1)
+    assert h.replayer.sweep() == [] and swept == []
+    assert h.store.stats()["unswept_jobs"] == 0 and h.store.status(JID)["swept"]
