@@ -46,7 +46,7 @@ sys.path.insert(0, str(REPO))
 
 from salt_job_retry import config, store  # noqa: E402
 from salt_job_retry.recorder import Recorder  # noqa: E402
-from salt_job_retry.replay import Replayer  # noqa: E402
+from salt_job_retry.replay import EngineLoop, Replayer  # noqa: E402
 from salt_job_retry.spool import SPOOL_FILE, Spool  # noqa: E402
 
 from tests.saltlab import Lab  # noqa: E402
@@ -436,6 +436,95 @@ class Bench:
             quiet.setLevel(level)
 
 
+def commands_processed(client) -> int:
+    return int(client.info("stats")["total_commands_processed"])
+
+
+class EngineBench:
+    """Figures of the engine loop in this process: what unrelated bus traffic and a backlog cost."""
+
+    def __init__(self, bench: Bench):
+        self.bench = bench
+
+    def idle_under_traffic(self, events: int) -> None:
+        """The engine loop fed `events` unrelated bus events (other jobs' returns, new jobs, auth)."""
+        b = self.bench
+        unrelated = []
+        for i in range(events):
+            jid = f"2026112209{i:010d}"
+            kind = i % 3
+            if kind == 0:
+                unrelated.append({"tag": f"salt/job/{jid}/ret/web{i % 500}", "data": {"id": f"web{i % 500}"}})
+            elif kind == 1:
+                unrelated.append({"tag": f"salt/job/{jid}/new", "data": {"jid": jid, "minions": ["web1"]}})
+            else:
+                unrelated.append({"tag": "salt/auth", "data": {"id": f"web{i % 500}", "act": "accept"}})
+        replayer = Replayer(b.store, b.conf, lambda *a: None, lambda *a: None, engine="bench")
+
+        def run_loop(feed_fn):
+            remaining = list(unrelated)
+            loop = EngineLoop(replayer, lambda wait: remaining.pop() if remaining else None, 10.0, sleep=lambda s: None)
+            loop.step()  # first pass: rewind, heartbeat, sweep
+            commands = commands_processed(b.client)
+            cpu = time.process_time()
+            began = time.perf_counter()
+            while remaining:
+                feed_fn(loop)
+            return time.process_time() - cpu, time.perf_counter() - began, commands_processed(b.client) - commands - 1
+
+        cpu, wall, commands = run_loop(lambda loop: loop.step())
+        bare_cpu, _, _ = run_loop(lambda loop: loop.handle(*(lambda e: (e["tag"], e["data"]))(loop.next_event(0))))
+        per_event = cpu / events * 1e6
+        line = (
+            f"{'engine, ' + num(events) + ' unrelated events':<34} {per_event:.1f} us CPU/event, "
+            f"{commands} Redis commands in {wall:.2f} s ({commands / wall:.1f}/s)   "
+            f"bare event sort: {bare_cpu / events * 1e6:.1f} us/event   ratio {cpu / bare_cpu:.2f}x   "
+            f"(target: Redis commands follow time, not events)"
+        )
+        print(line, flush=True)
+        b.rows.append(line)
+
+    def backlog_under_rate_limit(self, jobs: int, rate: float) -> None:
+        """One minion owed `jobs` jobs, each returning at once, drained through the token bucket."""
+        b = self.bench
+        # every job distinct for this figure: supersede would replay only the newest
+        conf = dataclasses.replace(b.conf, max_replays_per_second=rate, timeout=1, supersede_functions=())
+        st = store.Store(b.client, conf)
+        recorder = Recorder(st, conf, Spool(b.spool_dir, conf.spool_max_bytes))
+        b.flush()
+        published = time.time() - 60
+        stamp = datetime.datetime.fromtimestamp(published, datetime.timezone.utc).isoformat()
+        recorder.record([new_event(f"20261122100{i:09d}", ["web1"], stamp) for i in range(jobs)])
+        st.sweep()
+        sent: list[str] = []
+
+        def publish(minion, jid, job, attempt, extra=None):
+            sent.append(jid)
+            recorder.record([ret_event(jid, minion)])  # the minion answers at once
+
+        replayer = Replayer(st, conf, publish, lambda *a: None, engine="bench")
+        st.note_starts("bench", {"web1": (int(time.time() * 1000), "4242")})
+        commands = commands_processed(b.client)
+        began = time.perf_counter()
+        while len(sent) < jobs:
+            step = replayer.step("web1")
+            if step.due_ms is None:
+                raise RuntimeError(f"backlog stopped after {len(sent)} of {jobs} replays: {step}")
+            if not step.published:
+                time.sleep(max(0.0, step.due_ms / 1000 - st.now()))
+        wall = time.perf_counter() - began
+        commands = commands_processed(b.client) - commands
+        ideal = jobs / rate
+        line = (
+            f"{num(jobs) + ' owed to one minion at ' + num(rate) + '/s':<34} drained in {wall:.2f} s, "
+            f"{commands / jobs:.1f} Redis commands per job (Lua-internal included)   "
+            f"ideal {jobs}/{num(rate)}: {ideal:.2f} s   "
+            f"ratio {wall / ideal:.2f}x   (target ~1x, O(jobs) commands)"
+        )
+        print(line, flush=True)
+        b.rows.append(line)
+
+
 def fmt(values: list[float]) -> str:
     med = statistics.median(values)
     return f"{num(med)} ({num(min(values))}-{num(max(values))})"
@@ -450,7 +539,7 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="small sizes and 2 runs (CI)")
     parser.add_argument("--runs", type=int, default=None)
     parser.add_argument("--peer-python", default=None, help="python of a venv with saltext.redis")
-    parser.add_argument("--only", default="ingest,fanout,replay,sweep,memory,spool")
+    parser.add_argument("--only", default="ingest,fanout,replay,sweep,memory,spool,engine")
     args = parser.parse_args()
     quick = args.quick
     runs = args.runs or (2 if quick else 5)
@@ -483,6 +572,10 @@ def main() -> int:
                 bench.memory(1000 if quick else 10000, 5 if quick else 20)
             if "spool" in only:
                 bench.spool([1, 10] if quick else [1, 50], 200 if quick else 500)
+            if "engine" in only:
+                engine = EngineBench(bench)
+                engine.idle_under_traffic(10000 if quick else 100000)
+                engine.backlog_under_rate_limit(200 if quick else 1000, 50)
     finally:
         lab.stop()
     return 0

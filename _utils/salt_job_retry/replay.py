@@ -110,7 +110,7 @@ class Replayer:
             head = self.store.look(minion, view, only=view.cur)
             if head and (head[0].state == "sent" or head[0].final == "flushed"):
                 return Step(view.wait_ms, waiting_for=tuple({view.cur, view.pub}))
-        looks = self.store.look(minion, view) if view.queue else []
+        looks = self._look(minion, view)
         flushed_running = next((lk for lk in looks if lk.jid == view.cur and lk.final == "flushed" and view.pub), None)
         if flushed_running is not None and view.now_ms < view.wait_ms:
             # Flushed while it runs: the next job still waits for it (its return or its deadline).
@@ -134,6 +134,29 @@ class Replayer:
             self.store.seq_set(self.engine, minion, cur="", wait="")
             return Step()
         return self._send(minion, view, candidates[0], "again" if candidates[0] is again else "claim")
+
+    LOOK_WINDOW = 4
+
+    def _look(self, minion: str, view: SeqView) -> list[Look]:
+        """
+        As much of the queue as the next step needs, oldest first: windows of LOOK_WINDOW
+        entries until one holds a job to send (so a backlog costs O(1) per step), all of it
+        when that job may be superseded by a newer identical one, and the replay in flight.
+        """
+        queue = view.queue
+        looks: list[Look] = []
+        for start in range(0, len(queue), self.LOOK_WINDOW):
+            looks += self.store.look(minion, view, entries=queue[start : start + self.LOOK_WINDOW])
+            heads = [lk for lk in looks if lk.state in ("owed", "refused", "acked")]
+            if heads:
+                rest = queue[start + self.LOOK_WINDOW :]
+                if rest and any(supersede_key(lk.job, self.conf.supersede_functions) for lk in heads):
+                    looks += self.store.look(minion, view, entries=rest)
+                break
+        if view.cur and all(lk.jid != view.cur for lk in looks):
+            looks += self.store.look(minion, view, only=view.cur)
+        position = {jid: i for i, (jid, _) in enumerate(queue)}
+        return sorted(looks, key=lambda lk: position.get(lk.jid, len(queue)))
 
     def _send(self, minion: str, view: SeqView, head: Look, mode: str) -> Step:
         if head.state == "refused":  # sent_ms: when it was refused

@@ -1007,9 +1007,12 @@ class Store:
         k = self.keys
         return [k.job(jid), k.targets(jid), k.returned(jid), k.retry(jid)]
 
-    def look(self, minion: str, view: SeqView, only: str | None = None) -> list[Look]:
-        """Where each queued job (or only the one jid) stands for the minion's current process, oldest first."""
-        entries = [e for e in view.queue if only is None or e[0] == only]
+    def look(
+        self, minion: str, view: SeqView, only: str | None = None, entries: list[tuple[str, float]] | None = None
+    ) -> list[Look]:
+        """Where each queued job (or only the one jid, or the given entries) stands for the minion's process."""
+        if entries is None:
+            entries = [e for e in view.queue if only is None or e[0] == only]
         results = self.run(
             lambda b: [
                 b.script("pair", self._pair_keys(jid), self._pair_args(minion, view, jid, published, "look"))

@@ -355,7 +355,7 @@ def test_r1_recheck_of_a_replay_in_flight_looks_at_that_job_only(h, monkeypatch)
     assert [p[1] for p in h.drive("beta")] == [jids[0]]
     looked = []
     real = h.store.look
-    monkeypatch.setattr(h.store, "look", lambda m, view, only=None: looked.append(real(m, view, only)) or looked[-1])
+    monkeypatch.setattr(h.store, "look", lambda m, view, **kw: looked.append(real(m, view, **kw)) or looked[-1])
     h.clock.advance(30)
     assert h.drive("beta") == []
     assert [len(found) for found in looked] == [1]  # not 20
@@ -403,3 +403,19 @@ def test_r4_rewind_moves_a_large_work_set_in_chunks(h):
     moved = h.store.rewind("e1", chunk=1000)
     assert sorted(moved) == sorted(members)
     assert h.redis.zcount(h.store.keys.active("e1"), "-inf", h.now_ms()) == 2500
+
+
+def test_r5_a_backlog_step_looks_at_a_window_not_the_whole_queue(make, monkeypatch):
+    h = make(max_replays_per_second=100000)
+    jids = [f"2026112205081640{i:04d}" for i in range(40)]
+    owed_jobs(h, *jids)  # cmd.run with arguments: never superseded
+    h.start("beta")
+    looked = []
+    real = h.store.look
+    monkeypatch.setattr(h.store, "look", lambda m, view, **kw: looked.append(real(m, view, **kw)) or looked[-1])
+    sent = []
+    for jid in jids:
+        sent += [p[1] for p in h.drive("beta")]
+        h.record(replay_ret("beta", jid))
+    assert sent == jids  # every one, in order
+    assert max(len(found) for found in looked) <= 4
