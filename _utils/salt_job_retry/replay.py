@@ -269,6 +269,7 @@ class EngineLoop:
     IDLE_POLL = 1.0
     PROBE_TRIES = 3
     REFUSAL_KEEP = 60.0
+    EVENTS_PER_PASS = 1000
     MINION_RUN_AFTER = 5.0  # a refused run still unknown by then was started by the minion itself
     RECHECK_WAITING = 30.0  # a replay in flight is looked at this often, in case its return event was missed
 
@@ -309,11 +310,14 @@ class EngineLoop:
         self.rewound = False  # what the minions on our work set wait for died with the last process
 
     def step(self) -> None:
-        """Handle at most one event, then do what is due. Never raises."""
+        """Handle the events waiting (up to EVENTS_PER_PASS), then do what is due. Never raises."""
         try:
             event = self.next_event(self._wait())
-            if event:
+            handled = 0
+            while event:  # a burst (a master restart: thousands of starts) is written in one pass
                 self.handle(event.get("tag"), event.get("data"))
+                handled += 1
+                event = self.next_event(0) if handled < self.EVENTS_PER_PASS else None
             self._maintain()
         except Exception as exc:  # the engine process must live on
             self._fail(exc)
@@ -454,7 +458,9 @@ class EngineLoop:
 
     def _serve_due(self) -> None:
         redis_now, due, nxt = self.store.take_due(self.engine, self.DUE_PER_PASS)
-        woken, self.woken = self.woken, set()
+        # at most DUE_PER_PASS woken ones too: the loop reads the bus between passes
+        woken = list(self.woken)[: self.DUE_PER_PASS]
+        self.woken.difference_update(woken)
         to_probe: dict[str, int] = {}
         for minion in dict.fromkeys([*due, *woken]):
             if minion in self.unverified:
@@ -468,7 +474,8 @@ class EngineLoop:
         if to_probe:
             self._identify(to_probe, redis_now)
         wait = (nxt - redis_now) / 1000 if nxt is not None else self.IDLE_POLL
-        self.next_poll = self.clock() + (0 if len(due) >= self.DUE_PER_PASS else min(self.IDLE_POLL, max(0, wait)))
+        more = len(due) >= self.DUE_PER_PASS or self.woken
+        self.next_poll = self.clock() + (0 if more else min(self.IDLE_POLL, max(0, wait)))
 
     def _schedule(self, minion: str, step: Step, redis_now: int) -> None:
         due = step.due_ms

@@ -664,9 +664,10 @@ def test_loop_notes_a_start_with_its_pid_and_serves_it(h):
 def test_loop_reacts_to_the_new_start_tag_only(h):
     h.record(new_event(minions=["beta"]))
     legacy = {"tag": "minion_start", "data": {"id": "beta", "grains": {"pid": 100}, "_stamp": stamp(T0)}}
-    loop, _, _ = loop_for(h, [legacy, start_event("beta")])
+    loop, _, _ = loop_for(h, [legacy])
     loop.step()
     assert h.published == []
+    loop.feed.events.append(start_event("beta"))
     loop.step()
     assert h.published == [("beta", JID, "cmd.run", 1)]
 
@@ -990,3 +991,17 @@ def test_replay_announced_under_its_own_jid_is_not_swept_again(h, monkeypatch):
     h.clock.advance(h.conf.timeout + 1)
     assert h.replayer.sweep() == [] and swept == []
     assert h.store.stats()["unswept_jobs"] == 0 and h.store.status(JID)["swept"]
+
+
+def test_loop_writes_a_burst_of_starts_in_one_pass(make, monkeypatch):
+    """A master restart: many starts at once are noted together (one gather per pass, not per start)."""
+    h = make(max_replays_per_second=100000)
+    h.record(new_event(minions=[f"m{i}" for i in range(50)], when=T0))
+    starts = [start_event(f"m{i}", pid=100 + i, when=T0 + 1) for i in range(50)]
+    loop, _, _ = loop_for(h, starts, recorder=h.recorder)
+    gathered = []
+    real = h.store.gather_unswept
+    monkeypatch.setattr(h.store, "gather_unswept", lambda minions: gathered.append(len(minions)) or real(minions))
+    loop.step()
+    assert gathered == [50]
+    assert sorted(p[0] for p in h.published) == sorted(f"m{i}" for i in range(50))
