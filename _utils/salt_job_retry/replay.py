@@ -359,7 +359,9 @@ class EngineLoop:
             self.noted.append({"tag": tag, "data": data})
             pair = (replay_origin(data) or jid, minion)
             self.refused.setdefault(pair, self.clock() + self.REFUSAL_KEEP)
-            if refused_by(data) & set(self.waiting.get(minion, ())) and isinstance(data.get("fun"), str):
+            fun = data.get("fun")
+            wanted = isinstance(fun, str) and (self.recorder is None or self.recorder.wanted(fun))
+            if wanted and refused_by(data) & set(self.waiting.get(minion, ())):
                 self.minion_runs[pair] = (self.clock() + self.MINION_RUN_AFTER, minion_run_job(minion, data))
 
     def _wait(self) -> float:
@@ -422,9 +424,10 @@ class EngineLoop:
             if pair not in self.refused:  # written as a known job's refusal, or given up
                 del self.minion_runs[pair]
             elif self.clock() >= after:
-                del self.minion_runs[pair]
                 job = {**job, "time": self.store.aligned(job["time"])}
-                if self.store.record_minion_run(*pair, job):
+                created = self.store.record_minion_run(*pair, job)  # raises on a blip: kept for the next pass
+                del self.minion_runs[pair]
+                if created:
                     log.info("job_retry: %s refused its own run %s (%s) for a replay; owed", *pair[::-1], job["fun"])
 
     def _note_starts(self) -> None:

@@ -231,12 +231,14 @@ local n, c = tonumber(f[6] or '0'), tonumber(f[7] or '0')
 local state = 'owed'
 if k and k == (t or '0') then state = 'refused'
 elseif p == proc then state = 'sent'
--- a `retry` that did not know the process yet (its pid not learnt): sent after it connected
-elseif p == 'retry' and tonumber(t or '0') >= tonumber(ARGV[3]) then state = 'sent'
+-- a `retry` that did not know the process yet (its pid not learnt): sent after it first
+-- connected (born; a reconnection of the same process moves `started`, not `born`)
+elseif p == 'retry' and tonumber(t or '0') >= tonumber(ARGV[11]) then state = 'sent'
 elseif d then
   -- acknowledged: by this process (running), or by one born before it (it died running it)
   if tonumber(d) >= tonumber(ARGV[11]) then state = 'sent' else state = 'acked' end
-elseif tonumber(ARGV[4]) > tonumber(ARGV[3]) then state = 'after' end
+-- published after the process connected: Salt delivered it (unless a publish of ours failed)
+elseif tonumber(ARGV[4]) > tonumber(ARGV[3]) and not f[10] then state = 'after' end
 -- for a refusal: when it was refused, which the backoff counts from
 local at = t or '0'
 if state == 'refused' and f[8] then at = f[8] end
@@ -439,20 +441,25 @@ _RETRY_CLAIM = (
     _NOW
     + """
 -- KEYS: targets, returned, retry
--- ARGV: ttl, queued_at (epoch s), now, window_ms, fresh jid, then per minion: id, proc ('' unknown), send
--- An operator's retry. A minion whose last delivery went to its current process less than
--- window_ms ago has the job in flight (a replay, or another retry): it is left alone, so a
--- second retry publishes nothing. Every other minion that did not return gets a fresh
--- budget; those to send now are marked sent to their process under the fresh jid before
--- the publish, so the engine does not replay the job to them as well.
+-- ARGV: ttl, queued_at (epoch s), now, window_ms, fresh jid, then per minion: id, proc (its
+--       last known pid, '' none), pending ('1': a newer connection's pid is being asked for), send
+-- An operator's retry. A minion that had the job delivered less than window_ms ago — to its
+-- process, to a process not identified yet ('retry'), or to its last known process while a
+-- reconnection is being identified (it may be the same one) — has it in flight (a replay, or
+-- another retry): it is left alone, so a second retry publishes nothing. Every other minion
+-- that did not return gets a fresh budget; those to send now are marked sent to their process
+-- (or 'retry' when it is not known) under the fresh jid before the publish, so the engine
+-- does not replay the job to them as well.
 local r, now, window, fresh = KEYS[3], now_ms(ARGV[3]), tonumber(ARGV[4]), ARGV[5]
 local reset, claimed, busy = {}, {}, {}
-for i = 6, #ARGV, 3 do
-  local m, proc, send = ARGV[i], ARGV[i + 1], ARGV[i + 2]
-  if proc == '' then proc = 'retry' end
+for i = 6, #ARGV, 4 do
+  local m, known, pending, send = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
+  local proc = known
+  if proc == '' or pending == '1' then proc = 'retry' end
   if redis.call('SISMEMBER', KEYS[1], m) == 1 and redis.call('SISMEMBER', KEYS[2], m) == 0 then
     local f = redis.call('HMGET', r, 'p:' .. m, 't:' .. m)
-    if f[1] == proc and now - tonumber(f[2] or '0') < window then
+    local recent = f[1] and now - tonumber(f[2] or '0') < window
+    if recent and (f[1] == proc or f[1] == 'retry' or f[1] == known) then
       busy[#busy + 1] = m
     else
       redis.call('HDEL', r, 'a:' .. m, 'l:' .. m, 'x:' .. m, 'd:' .. m, 'p:' .. m, 't:' .. m, 'k:' .. m, 'c:' .. m,
@@ -949,6 +956,10 @@ class Store:
             for m, jid, published in hits:
                 b.call("ZADD", k.queue(m), "NX", published, jid)
                 b.call("EXPIRE", k.queue(m), ttl)
+            now = self.now()
+            for m in {m for m, _, _ in hits}:  # listed, so `pending` and `stats` show it before the sweep
+                b.call("ZADD", k.queues, now, m)
+            b.call("EXPIRE", k.queues, ttl)
 
         if hits:
             self.run(fill)
@@ -1129,9 +1140,13 @@ class Store:
         """Record a refused run the minion started itself (see _MINION_RUN); False if jid is known."""
         k, ttl = self.keys, self.conf.ttl
         keys = [k.job(jid), k.targets(jid), k.retry(jid), k.alias(jid)]
-        (created,) = self.run(lambda b: b.script("minion_run", keys, [ttl, pack(job), minion, self.now_arg()]))
-        if created:
-            self.run(lambda b: (b.call("ZADD", k.jobs, "NX", job["time"], jid), b.call("EXPIRE", k.jobs, ttl)))
+        created, _, _ = self.run(
+            lambda b: (
+                b.script("minion_run", keys, [ttl, pack(job), minion, self.now_arg()]),
+                b.call("ZADD", k.jobs, "NX", job["time"], jid),  # a no-op for a known job: it is there
+                b.call("EXPIRE", k.jobs, ttl),
+            )
+        )
         return bool(created)
 
     def enqueue_refused(self, engine: str, pairs: list[tuple[str, str]], hold_ms: int = 0) -> list[tuple[str, str]]:
@@ -1388,13 +1403,10 @@ class Store:
         k = self.keys
         return sorted(_text(m) for m in guard(self.conf, self.client.sdiff, [k.targets(jid), k.returned(jid)]))
 
-    def processes(self, minions: list[str]) -> dict[str, str]:
-        """
-        The minion process each sequence identified (pid); '' where none is known, or where a
-        newer connection's pid is still being asked for.
-        """
+    def processes(self, minions: list[str]) -> dict[str, tuple[str, bool]]:
+        """Each minion's last identified process (pid, '' none) and whether a newer connection's pid is being asked."""
         found = self.run(lambda b: [b.call("HMGET", self.keys.seq(m), "proc", "pend") for m in minions])
-        return {m: _text(proc) if proc and not pend else "" for m, (proc, pend) in zip(minions, found, strict=True)}
+        return {m: (_text(proc) if proc else "", bool(pend)) for m, (proc, pend) in zip(minions, found, strict=True)}
 
     def prepare_retry(self, jid: str, minions: list[str], send: set[str], fresh: str) -> RetryClaim:
         """
@@ -1405,7 +1417,8 @@ class Store:
         procs = self.processes(minions) if minions else {}
         args: list[Any] = [ttl, repr(now), self.now_arg(), int(self.conf.replay_wait * 1000), fresh]
         for m in minions:
-            args += [m, procs[m], "1" if m in send else "0"]
+            proc, pending = procs[m]
+            args += [m, proc, "1" if pending else "0", "1" if m in send else "0"]
         (r,) = self.run(lambda b: b.script("retry_claim", [k.targets(jid), k.returned(jid), k.retry(jid)], args))
         claim = RetryClaim(*([_text(m) for m in part] for part in r))
         published = (self.job(jid) or {}).get("time", now)

@@ -377,17 +377,72 @@ def test_retry_before_the_engine_knows_the_process_is_not_replayed_by_it(env):
     assert len(env.h.published) == 1
 
 
-def test_retry_while_a_restarted_minion_is_being_identified_is_not_replayed_again(env):
+def test_retry_while_a_reconnection_is_being_identified_leaves_it_to_the_engine(env):
+    """The replay went to process 100 moments ago; beta reconnects and its pid is being asked for:
+    it may be process 100 again (a master restart) running the replay, so retry keeps out."""
     published_job(env)
     run(env, "enqueue")
     env.h.start("beta", pid="100")
-    env.h.drive("beta")  # the old process got a replay
+    env.h.drive("beta")  # the replay went to process 100
     env.h.record(ret_event("gamma"))
     env.h.clock.advance(1)
-    env.h.start("beta", pid="")  # beta restarted; the new pid is being asked for
+    env.h.start("beta", pid="")
     env.up = {"beta"}
-    before = len(env.h.published)
+    out = run(env, "retry", jid=JID)
+    assert out["published"] == [] and out["running"] == ["beta"]
+    env.h.start("beta", pid="100")  # the same process: the replay runs on, nothing more goes out
+    assert env.h.drive("beta") == [] and len(env.h.published) == 1
+    env.h.clock.advance(1)
+    env.h.start("beta", pid="200")  # a restart after all: the engine delivers it, once
+    assert env.h.drive("beta") == [("beta", JID, "cmd.run", 2)]
+
+
+# -- third review: retry against the pid probe, failed publishes ----------------------------------
+
+
+def test_second_retry_after_the_pid_was_learnt_publishes_nothing(env):
+    published_job(env)
+    run(env, "enqueue")
+    env.h.start("beta", pid="")
+    env.up = {"beta"}
+    assert run(env, "retry", jid=JID)["published"] == ["beta"]
+    env.h.start("beta", pid="4242")
+    env.new_jid = lambda: "20261122060000000002"
+    assert run(env, "retry", jid=JID)["published"] == []
+    assert len(env.h.published) == 1
+
+
+def test_retry_to_an_unidentified_process_survives_its_reconnection(env):
+    published_job(env)
+    run(env, "enqueue")
+    env.h.record(ret_event("gamma"))
+    env.h.start("beta", pid="")
+    env.up = {"beta"}
     assert run(env, "retry", jid=JID)["published"] == ["beta"]
     env.h.start("beta", pid="200")
-    assert env.h.drive("beta") == []
-    assert len(env.h.published) == before + 1
+    env.h.clock.advance(10)
+    env.h.start("beta", pid="200")  # a master restart: the same process connects again
+    assert env.h.drive("beta") == [] and len(env.h.published) == 1
+
+
+def test_failed_retry_to_a_minion_connected_before_the_job_is_sent_by_the_engine(env):
+    env.h.start("beta", pid="100", at=env.h.clock.now - 60)
+    published_job(env)
+    run(env, "enqueue")
+    env.up = {"beta"}
+    real = env.publish
+
+    def failing(*args):
+        raise RuntimeError("master refused")
+
+    env.publish = failing
+    assert run(env, "retry", jid=JID)["queued"] == ["beta", "gamma"]
+    env.publish = real
+    assert env.h.drive("beta") == [("beta", FRESH, "cmd.run", 1)]
+
+
+def test_pending_lists_a_minion_whose_unswept_jobs_its_start_gathered(env):
+    env.h.record(new_event(minions=["beta"]))
+    env.h.clock.advance(2)  # before timeout: not swept
+    env.h.start("beta", pid="100")
+    assert "beta" in run(env, "pending")

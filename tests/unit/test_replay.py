@@ -1005,3 +1005,39 @@ def test_loop_writes_a_burst_of_starts_in_one_pass(make, monkeypatch):
     loop.step()
     assert gathered == [50]
     assert sorted(p[0] for p in h.published) == sorted(f"m{i}" for i in range(50))
+
+
+def test_loop_minion_run_of_an_excluded_function_is_not_recorded(make):
+    h = make(exclude_functions=["state.highstate"])
+    h.record(new_event(jid=OLDER, minions=["beta"], fun="state.apply", arg=[], when=T0))
+    loop, clock, _ = loop_for(h, [start_event("beta", when=T0 + 2)], recorder=h.recorder)
+    loop.step()
+    own = "20261122050899000001"
+    loop.feed.events.append(startup_refusal("beta", OLDER, jid=own))
+    loop.step()
+    clock[0] += EngineLoop.MINION_RUN_AFTER + 1
+    h.clock.advance(EngineLoop.MINION_RUN_AFTER + 1)
+    loop.step()
+    assert h.store.job(own) is None
+
+
+def test_loop_minion_run_survives_a_redis_blip_while_it_is_recorded(h, monkeypatch):
+    h.record(new_event(jid=OLDER, minions=["beta"], fun="state.apply", arg=[], when=T0))
+    loop, clock, _ = loop_for(h, [start_event("beta", when=T0 + 2)], recorder=h.recorder)
+    loop.step()
+    own = "20261122050899000001"
+    loop.feed.events.append(startup_refusal("beta", OLDER, jid=own))
+    loop.step()
+    clock[0] += EngineLoop.MINION_RUN_AFTER + 1
+    h.clock.advance(EngineLoop.MINION_RUN_AFTER + 1)
+    real = h.store.record_minion_run
+
+    def blip(*args):
+        raise store_module.RedisUnavailable("blip")
+
+    monkeypatch.setattr(h.store, "record_minion_run", blip)
+    loop.step()
+    monkeypatch.setattr(h.store, "record_minion_run", real)
+    clock[0] += 31  # the loop's backoff
+    loop.step()
+    assert h.store.job(own) is not None and state(h, own)["state"] == "refused"
