@@ -144,8 +144,8 @@ def test_retry_is_idempotent_while_its_run_is_in_flight(fleet):
     assert len(outs) == 2, results
     assert sorted(len(out["published"]) for out in outs) == [0, 1], outs
     assert fleet.wait_trace("beta", "idem") == 1
-    code, out = fleet.run("job_retry.retry", jid)  # still running (sleep 8)
-    assert code == 0 and out["published"] == [] and out["running"] == ["beta"], out
+    code, out = fleet.run("job_retry.retry", jid)  # still running (sleep 8), and alpha may still run its own
+    assert code == 0 and out["published"] == [] and "beta" in out["running"], out
     assert wait_for(lambda: status(fleet, jid)["minions"]["beta"]["state"] == "returned", timeout=30)
     time.sleep(SETTLE)
     assert fleet.trace_count("beta", "idem") == 1
