@@ -446,3 +446,10 @@ def test_pending_lists_a_minion_whose_unswept_jobs_its_start_gathered(env):
     env.h.clock.advance(2)  # before timeout: not swept
     env.h.start("beta", pid="100")
     assert "beta" in run(env, "pending")
+
+
+def test_flush_dry_run_lists_a_job_not_swept_yet(env):
+    env.h.record(new_event(minions=["beta"]))  # beta is down; the job is younger than timeout
+    dry = run(env, "flush", minion_id="beta", dry_run=True)
+    assert dry["minions"] == {"beta": [JID]} and dry["flushed"] == 1
+    assert run(env, "flush", minion_id="beta")["jids"] == [JID]
