@@ -525,6 +525,82 @@ class EngineBench:
         b.rows.append(line)
 
 
+def start_event(minion: str, pid: int, stamp: str) -> dict:
+    return {"tag": f"salt/minion/{minion}/start", "data": {"id": minion, "grains": {"pid": pid}, "_stamp": stamp}}
+
+
+def restart(bench: Bench, minions: int, jobs: int) -> None:
+    """
+    A master restart: `minions` minions, down for `jobs` jobs not swept yet (each to all of them),
+    all start at once. Time until every minion has its first replay out, and Redis commands spent.
+    """
+    conf = dataclasses.replace(bench.conf, timeout=3600, supersede_functions=(), max_replays_per_second=1e9)
+    st = store.Store(bench.client, conf)
+    ids = minion_ids(minions)
+    recorder = Recorder(st, conf, Spool(bench.spool_dir, conf.spool_max_bytes))
+    before = datetime.datetime.fromtimestamp(time.time() - 10, datetime.timezone.utc).isoformat()
+    now = datetime.datetime.now(datetime.timezone.utc).isoformat()
+
+    def setup():
+        for i in range(jobs):
+            recorder.record([new_event(f"20261122110{i:09d}", ids, before)])
+        return [start_event(m, 1000 + n, now) for n, m in enumerate(ids)]
+
+    def ours(events):
+        out: set[str] = set()
+        replayer = Replayer(st, conf, lambda m, *a: out.add(m), lambda *a: None, engine="bench")
+        loop = EngineLoop(replayer, lambda wait: events.pop() if events else None, 60.0, sleep=lambda s: None)
+        deadline = time.monotonic() + 600
+        while len(out) < minions and time.monotonic() < deadline:
+            loop.step()
+        assert len(out) == minions, f"{len(out)} of {minions} minions got their first replay"
+
+    def bare(_):
+        # the least work: which unswept jobs target each minion, index them, read each minion's first job
+        jids = [f"20261122110{i:09d}" for i in range(jobs)]
+        pipe = bench.client.pipeline(transaction=False)
+        for jid in jids:
+            pipe.smismember(bench.keys.targets(jid), ids)
+        flags = pipe.execute()
+        pipe = bench.client.pipeline(transaction=False)
+        for jid, row in zip(jids, flags, strict=True):
+            for m, hit in zip(ids, row, strict=True):
+                if hit:
+                    pipe.zadd(bench.keys.queue(m), {jid: 1}, nx=True)
+        pipe.execute()
+        pipe = bench.client.pipeline(transaction=False)
+        for _ in ids:
+            pipe.get(bench.keys.job(jids[0]))
+        pipe.execute()
+
+    counts = []
+
+    def counted(fn):
+        def run(state):
+            before_cmds = commands_processed(bench.client)
+            fn(state)
+            counts.append(commands_processed(bench.client) - before_cmds)
+
+        return run
+
+    a, b = bench.measure_pair(setup, counted(ours), counted(bare))
+    bench.report(
+        f"restart, {minions:,} minions x {jobs:,} unswept",
+        a,
+        b,
+        "bare index + first read",
+        "s to every first replay",
+        1.0,
+    )
+    ours_cmds, bare_cmds = counts[0::2], counts[1::2]
+    line = (
+        f"{'  Redis commands (Lua-internal incl.)':<34} {statistics.median(ours_cmds):,.0f}   "
+        f"bare: {statistics.median(bare_cmds):,.0f}   per minion: {statistics.median(ours_cmds) / minions:.1f}"
+    )
+    print(line, flush=True)
+    bench.rows.append(line)
+
+
 def fmt(values: list[float]) -> str:
     med = statistics.median(values)
     return f"{num(med)} ({num(min(values))}-{num(max(values))})"
@@ -539,7 +615,7 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="small sizes and 2 runs (CI)")
     parser.add_argument("--runs", type=int, default=None)
     parser.add_argument("--peer-python", default=None, help="python of a venv with saltext.redis")
-    parser.add_argument("--only", default="ingest,fanout,replay,sweep,memory,spool,engine")
+    parser.add_argument("--only", default="ingest,fanout,replay,sweep,memory,spool,engine,restart")
     args = parser.parse_args()
     quick = args.quick
     runs = args.runs or (2 if quick else 5)
@@ -576,6 +652,8 @@ def main() -> int:
                 engine = EngineBench(bench)
                 engine.idle_under_traffic(10000 if quick else 100000)
                 engine.backlog_under_rate_limit(200 if quick else 1000, 50)
+            if "restart" in only:
+                restart(bench, 1000 if quick else 10000, 50 if quick else 500)
     finally:
         lab.stop()
     return 0
