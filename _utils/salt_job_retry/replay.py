@@ -131,6 +131,8 @@ class Replayer:
         candidates = [lk for lk in live if lk.state in ("owed", "refused", "acked") or lk is again]
         candidates = self._supersede(minion, candidates)
         if not candidates:
+            if len(view.queue) >= self.store.PEEK and len(live) < len(looks):
+                return Step(view.now_ms)  # done ones cleared from a full peek: look at what is behind
             self.store.seq_set(self.engine, minion, cur="", wait="")
             return Step()
         return self._send(minion, view, candidates[0], "again" if candidates[0] is again else "claim")
@@ -150,7 +152,11 @@ class Replayer:
             heads = [lk for lk in looks if lk.state in ("owed", "refused", "acked")]
             if heads:
                 rest = queue[start + self.LOOK_WINDOW :]
-                if rest and any(supersede_key(lk.job, self.conf.supersede_functions) for lk in heads):
+                if view.cur and all(lk.jid != view.cur for lk in looks):
+                    looks += self.store.look(minion, view, only=view.cur)
+                    rest = [e for e in rest if e[0] != view.cur]
+                sendable = heads + [lk for lk in looks if lk.jid == view.cur and lk.state != "done"]
+                if rest and any(supersede_key(lk.job, self.conf.supersede_functions) for lk in sendable):
                     looks += self.store.look(minion, view, entries=rest)
                 break
         if view.cur and all(lk.jid != view.cur for lk in looks):

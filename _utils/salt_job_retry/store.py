@@ -968,7 +968,9 @@ class Store:
     def lease_ms(self) -> int:
         return int(self.conf.claim_lease * 1000)
 
-    def take(self, engine: str, minion: str, peek: int = 50) -> SeqView | None:
+    PEEK = 50  # queue entries a step sees
+
+    def take(self, engine: str, minion: str, peek: int = PEEK) -> SeqView | None:
         """The minion's sequence, held for `engine`; None while another engine holds it (see held_by)."""
         k, now = self.keys, self.now_arg()
         (r,) = self.run(

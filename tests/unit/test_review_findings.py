@@ -8,7 +8,7 @@ marker goes.
 """
 
 import pytest
-from conftest import JID, T0, new_event
+from conftest import JID, T0, new_event, ret_event
 from salt_job_retry import commands
 from salt_job_retry.replay import refusal_backoff_ms
 from salt_job_retry.store import RedisUnavailable
@@ -419,3 +419,69 @@ def test_r5_a_backlog_step_looks_at_a_window_not_the_whole_queue(make, monkeypat
         h.record(replay_ret("beta", jid))
     assert sent == jids  # every one, in order
     assert max(len(found) for found in looked) <= 4
+
+
+# -- fourth review (windowed look) ---------------------------------------------------------------
+
+R4_A, R4_B = "20261122050816300001", "20261122050816300002"
+R4_Y = "20261122050816900001"
+R4_DS = [f"2026112205081650{i:04d}" for i in range(60)]
+
+
+def test_r6_done_entries_beyond_the_window_hide_a_later_job(make):
+    """
+    A busy minion: a state.apply replay (A) runs; meanwhile 60 cmd.run jobs it gets late are
+    swept ('after'), then return (done); a state.sls published meanwhile is refused (A runs).
+    Y must still go out after B.
+    """
+    h = make(max_replays_per_second=100000, replay_wait=600)
+    h.record(
+        new_event(jid=R4_A, minions=["beta"], fun="state.apply", arg=[], when=T0),
+        new_event(jid=R4_B, minions=["beta"], when=T0 + 0.5),
+    )
+    h.clock.advance(1)
+    h.start("beta", pid="100")  # T0+1: gathers A and B
+    assert h.drive("beta") == [("beta", R4_A, "state.apply", 1)]
+    h.record(*(new_event(jid=d, minions=["beta"], when=T0 + 2 + i * 0.01) for i, d in enumerate(R4_DS)))
+    h.record(new_event(jid=R4_Y, minions=["beta"], fun="state.sls", arg=["web"], when=T0 + 3))
+    h.clock.advance(2.5)
+    h.record(refusal_event("beta", jid=R4_Y, fun="state.sls"))  # A (a state run) is running
+    h.store.enqueue_refused("e1", [(R4_Y, "beta")])
+    h.clock.advance(10)
+    h.replayer.sweep()  # the 60 late cmd.run jobs: queued, 'after'
+    assert len(queue(h)) == 63
+    h.record(*(ret_event("beta", jid=d) for d in R4_DS))  # they come back late: done
+    h.record(replay_ret("beta", R4_A, fun="state.apply"))
+    assert [p[1] for p in h.drive("beta")] == [R4_B]
+    h.record(replay_ret("beta", R4_B))
+    out = h.drive("beta")
+    assert [p[2] for p in out] == ["state.sls"], (out, h.last_step, queue(h)[:3], len(queue(h)))
+
+
+def test_r7_again_with_newer_identical_job_beyond_the_window(make):
+    """
+    The replay in flight C (state.apply) was claimed but its engine died before publishing it;
+    a newer identical state.apply C2 is owed too, beyond the first window, behind an owed cmd.run X.
+    Supersede: C is superseded by C2 (only the newest identical one runs).
+    """
+    h = make(max_replays_per_second=100000)
+    C, X, P1, P2, P3, C2 = (f"2026112205081640000{i}" for i in range(1, 7))
+    h.record(
+        new_event(jid=C, minions=["beta"], fun="state.apply", arg=[], when=T0),
+        new_event(jid=X, minions=["beta"], when=T0 + 1),
+        new_event(jid=P1, minions=["beta"], when=T0 + 2),
+        new_event(jid=P2, minions=["beta"], when=T0 + 3),
+        new_event(jid=P3, minions=["beta"], when=T0 + 4),
+    )
+    h.clock.advance(5)
+    h.start("beta", pid="100")
+    # the dead engine's claim of C: claimed, cur=C, never published (pub unset)
+    view = h.store.take("e1", "beta")
+    assert h.store.seq_set("e1", "beta", cur=C, pub="", wait="+300000")
+    assert h.store.claim("beta", view, C, T0, "claim").state == "claimed"
+    # the newer identical one, known late (the returner was behind): owed to the process too
+    h.record(new_event(jid=C2, minions=["beta"], fun="state.apply", arg=[], when=T0 + 4.5))
+    h.store.gather_unswept(["beta"])
+    assert queue(h) == [C, X, P1, P2, P3, C2]
+    out = h.drive("beta")
+    assert C not in [p[1] for p in out], (out, queue(h))
