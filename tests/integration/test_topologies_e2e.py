@@ -43,7 +43,7 @@ class Servers:
             proc.wait(timeout=10)
 
 
-def wait(check, timeout=20.0, what="condition"):
+def wait(check, timeout=20.0, what="condition", log=None):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
@@ -52,7 +52,8 @@ def wait(check, timeout=20.0, what="condition"):
         except redis.RedisError:
             pass
         time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
+    tail = log.read_text(errors="replace")[-2000:] if log is not None and log.exists() else ""
+    raise AssertionError(f"timed out waiting for {what}\n{tail}")
 
 
 def stamp(seconds_ago=0.0):
@@ -98,15 +99,20 @@ class Engine:
 def cluster(tmp_path):
     servers = Servers(tmp_path)
     ports = [_free_ports(1) for _ in range(3)]
+    # the bus port explicitly, from the same free range: the default (port + 10000) can land in the
+    # kernel's ephemeral range and be taken by some connection
+    buses = [_free_ports(1) for _ in range(3)]
     try:
-        for port in ports:
+        for port, bus in zip(ports, buses, strict=True):
             servers.start(
                 f"node{port}",
-                f"bind 127.0.0.1\nport {port}\ncluster-enabled yes\ncluster-config-file nodes-{port}.conf\n"
+                f"bind 127.0.0.1\nport {port}\ncluster-port {bus}\ncluster-enabled yes\n"
+                f"cluster-config-file nodes-{port}.conf\n"
                 f"cluster-node-timeout 2000\nsave ''\nappendonly no\ndir {tmp_path}\n",
             )
         for port in ports:
-            wait(lambda p=port: redis.Redis(port=p).ping(), what=f"cluster node {port}")
+            log = tmp_path / f"node{port}.log"
+            wait(lambda p=port: redis.Redis(port=p).ping(), what=f"cluster node {port}", log=log)
         nodes = [f"127.0.0.1:{p}" for p in ports]
         subprocess.run(
             ["redis-cli", "--cluster", "create", *nodes, "--cluster-replicas", "0", "--cluster-yes"],
