@@ -33,6 +33,7 @@ START_TAG = re.compile(r"^salt/minion/(.+)/start$")
 PRESENCE_TAG = "salt/presence/change"
 REFUSAL_BACKOFF_MAX = 60.0
 PUBLISH_FAILED_RETRY_MS = 5000
+SENDABLE = ("owed", "refused", "acked")  # pair states a step may publish
 
 Publish = Callable[[str, str, dict, int, dict], None]
 Fire = Callable[[dict, str], None]
@@ -128,7 +129,7 @@ class Replayer:
                 again = current
             else:
                 log.info("job_retry: %s still running %s after replay_wait; next job goes out", minion, current.jid)
-        candidates = [lk for lk in live if lk.state in ("owed", "refused", "acked") or lk is again]
+        candidates = [lk for lk in live if lk.state in SENDABLE or lk is again]
         candidates = self._supersede(minion, candidates)
         if not candidates:
             if len(view.queue) >= self.store.PEEK and len(live) < len(looks):
@@ -147,20 +148,16 @@ class Replayer:
         """
         queue = view.queue
         looks: list[Look] = []
-        for start in range(0, len(queue), self.LOOK_WINDOW):
-            looks += self.store.look(minion, view, entries=queue[start : start + self.LOOK_WINDOW])
-            heads = [lk for lk in looks if lk.state in ("owed", "refused", "acked")]
-            if heads:
-                rest = queue[start + self.LOOK_WINDOW :]
-                if view.cur and all(lk.jid != view.cur for lk in looks):
-                    looks += self.store.look(minion, view, only=view.cur)
-                    rest = [e for e in rest if e[0] != view.cur]
-                sendable = heads + [lk for lk in looks if lk.jid == view.cur and lk.state != "done"]
-                if rest and any(supersede_key(lk.job, self.conf.supersede_functions) for lk in sendable):
-                    looks += self.store.look(minion, view, entries=rest)
-                break
+        end = 0
+        while end < len(queue) and not any(lk.state in SENDABLE for lk in looks):
+            looks += self.store.look(minion, view, entries=queue[end : end + self.LOOK_WINDOW])
+            end += self.LOOK_WINDOW
         if view.cur and all(lk.jid != view.cur for lk in looks):
             looks += self.store.look(minion, view, only=view.cur)
+        sendable = [lk for lk in looks if lk.state in SENDABLE or (lk.jid == view.cur and lk.state != "done")]
+        rest = [e for e in queue[end:] if e[0] != view.cur]
+        if rest and any(supersede_key(lk.job, self.conf.supersede_functions) for lk in sendable):
+            looks += self.store.look(minion, view, entries=rest)
         position = {jid: i for i, (jid, _) in enumerate(queue)}
         return sorted(looks, key=lambda lk: position.get(lk.jid, len(queue)))
 
@@ -451,8 +448,7 @@ class EngineLoop:
     def _heartbeat(self, now: float) -> None:
         self.next_beat = now + min(self.IDLE_POLL, self.conf.claim_lease / 3)
         if self.store.clock_due():  # this master's clock against Redis', once a minute
-            self.store.clock_read_at = None
-            self.store.ensure_clock()
+            self.store.measure_clock()
         dead = self.store.heartbeat(self.engine, int(self.conf.claim_lease * 3000))
         if now < self.next_adopt:
             return

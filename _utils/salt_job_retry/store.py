@@ -749,9 +749,13 @@ class Store:
     def ensure_clock(self) -> None:
         """Measure the skew if it never was (one round trip, once per process)."""
         if self.redis_clock and self.clock_read_at is None:
-            before = self.clock()
-            (reply,) = self.run(lambda b: b.call("TIME"))
-            self._note_clock(reply, before, self.clock())
+            self.measure_clock()
+
+    def measure_clock(self) -> None:
+        """Measure the skew now (one round trip)."""
+        before = self.clock()
+        (reply,) = self.run(lambda b: b.call("TIME"))
+        self._note_clock(reply, before, self.clock())
 
     def clock_due(self) -> bool:
         return self.redis_clock and (
@@ -1180,12 +1184,12 @@ class Store:
         if not minions:
             return
         k, ttl = self.keys, self.conf.ttl
-        owners = self.run(lambda b: [b.call("HGET", k.seq(m), "owner") for m in minions])
+        owners = self.owners(minions)
         due = int(self.now() * 1000) + hold_ms
 
         def fill(b: Batch) -> None:
-            for m, owner in zip(minions, owners, strict=True):
-                engine = _text(owner) if owner else fallback
+            for m, owner in owners.items():
+                engine = owner or fallback
                 if engine:
                     b.call("ZADD", k.active(engine), "LT", due, m)
                     b.call("EXPIRE", k.active(engine), ttl)
