@@ -145,9 +145,13 @@ class Bench:
             line += f"   {base_name}: {fmt(bvals)} {unit}   ratio {ratio:.2f}x"
         if target:
             line += f"   (target {target})"
+        self.emit(line)
+        return ratio
+
+    def emit(self, line: str) -> None:
+        """Print one figure line and keep it for the summary."""
         print(line, flush=True)
         self.rows.append(line)
-        return ratio
 
     # -- 1. ingest -----------------------------------------------------------------------
 
@@ -370,8 +374,7 @@ class Bench:
             per_pair = used / (minions * jobs)
             line = f"memory {label:<19} {per_pair:8.1f} bytes/(jid, minion)   ({jobs} jobs x {minions} minions)"
             line += "   (target <= 120)"
-            print(line, flush=True)
-            self.rows.append(line)
+            self.emit(line)
 
     # -- 6. spool ------------------------------------------------------------------------
 
@@ -481,8 +484,7 @@ class EngineBench:
             f"bare event sort: {bare_cpu / events * 1e6:.1f} us/event   ratio {cpu / bare_cpu:.2f}x   "
             f"(target: Redis commands follow time, not events)"
         )
-        print(line, flush=True)
-        b.rows.append(line)
+        b.emit(line)
 
     def backlog_under_rate_limit(self, jobs: int, rate: float) -> None:
         """One minion owed `jobs` jobs, each returning at once, drained through the token bucket."""
@@ -521,8 +523,7 @@ class EngineBench:
             f"ideal {jobs}/{num(rate)}: {ideal:.2f} s   "
             f"ratio {wall / ideal:.2f}x   (target ~1x, O(jobs) commands)"
         )
-        print(line, flush=True)
-        b.rows.append(line)
+        b.emit(line)
 
 
 def start_event(minion: str, pid: int, stamp: str) -> dict:
@@ -597,8 +598,7 @@ def restart(bench: Bench, minions: int, jobs: int) -> None:
         f"{'  Redis commands (Lua-internal incl.)':<34} {statistics.median(ours_cmds):,.0f}   "
         f"bare: {statistics.median(bare_cmds):,.0f}   per minion: {statistics.median(ours_cmds) / minions:.1f}"
     )
-    print(line, flush=True)
-    bench.rows.append(line)
+    bench.emit(line)
 
 
 def fmt(values: list[float]) -> str:

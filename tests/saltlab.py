@@ -92,6 +92,24 @@ def json_docs(text: str) -> list[object]:
         docs.append(doc)
 
 
+def wait_for(check: Callable[[], object], timeout: float = 30, every: float = 0.5) -> object:
+    """Poll `check` until it returns something truthy or `timeout` passes; return its last value."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(every)
+    return check()
+
+
+def runner_status(lab: Lab, jid: str) -> dict:
+    """``salt-run job_retry.status <jid>`` on the lab's (first) master; it must succeed."""
+    code, out = lab.run("job_retry.status", jid)
+    assert code == 0, out
+    return out
+
+
 def _tail(path: Path, lines: int = 40) -> str:
     try:
         content = path.read_text(errors="replace").splitlines()

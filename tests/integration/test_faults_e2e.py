@@ -15,7 +15,7 @@ from salt_job_retry.recorder import Recorder
 from salt_job_retry.replay import EngineLoop, Replayer
 from salt_job_retry.spool import Spool
 
-from tests.saltlab import Lab
+from tests.saltlab import Lab, wait_for
 
 SETTLE = 5
 _prefixes = itertools.count()
@@ -120,15 +120,6 @@ def test_fleet_back_at_once_is_rate_limited_and_complete(redis_only, tmp_path, f
     assert set(counts) == set(fleet) and max(counts.values()) == 1
     assert busiest <= 111  # one second of refill plus a 100 ms burst
     assert took >= 2.5  # 300 at 100/s cannot drain in less than 3 s
-
-
-def wait_for(check, timeout=30, every=0.5):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return True
-        time.sleep(every)
-    return bool(check())
 
 
 def pending(lab, minion):

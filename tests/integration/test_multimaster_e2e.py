@@ -11,6 +11,7 @@ a test that disturbs an engine comes last among the tests of its profile.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import re
 import signal
@@ -21,6 +22,7 @@ from urllib.parse import quote
 import pytest
 
 from tests.saltlab import LIBFAKETIME, Lab, clock_off, salt_version
+from tests.saltlab import wait_for as _wait_for
 
 SETTLE = 5  # seconds to wait for a duplicate that must not come
 MASTERS = ("m1", "m2")
@@ -75,20 +77,23 @@ def profile(*names):
 
 
 # ------------------------------------------------------------------------------------- helpers
-def wait_for(check, timeout=30.0, every=0.2):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(every)
-    return check()
+wait_for = functools.partial(_wait_for, every=0.2)  # these tests poll Redis and logs: cheap, so often
 
 
 def ensure_up(lab, *minions):
     for name in minions:
         if not lab.minion_running(name):
             lab.start_minion(name)
+
+
+def beta_misses_one_job_per_master(lab, prefix):
+    """beta down, alpha up: <prefix>0 published through m1, <prefix>1 through m2; alpha ran both."""
+    ensure_up(lab, "alpha", "beta")
+    lab.kill_minion("beta")
+    jids = [lab.publish_trace("*", f"{prefix}0", master="m1"), lab.publish_trace("*", f"{prefix}1", master="m2")]
+    for i in range(2):
+        assert lab.wait_trace("alpha", f"{prefix}{i}") == 1
+    return jids
 
 
 def beta_status(lab, jid, minion="beta"):
@@ -238,12 +243,8 @@ def test_hot_minion_gets_each_owed_job_once_in_order(mm, request):
     With pids in the start events beta comes back before the sweep (its start gathers the unswept
     jobs); when the engines must ask for the pid, after the sweep (the jobs are queued already).
     """
-    ensure_up(mm, "alpha", "beta")
-    mm.kill_minion("beta")
     prefix = "hot-"
-    jids = [mm.publish_trace("*", "hot-0", master="m1"), mm.publish_trace("*", "hot-1", master="m2")]
-    for i in range(2):
-        assert mm.wait_trace("alpha", f"hot-{i}") == 1
+    jids = beta_misses_one_job_per_master(mm, prefix)
     if request.node.callspec.params["mm"] == "hot-probe":
         wait_swept(mm, jids)
     assert [mm.wait_published(j, 1, master=m) for j, m in zip(jids, MASTERS, strict=True)] == [1, 1]
@@ -262,12 +263,8 @@ def test_hot_minion_gets_each_owed_job_once_in_order(mm, request):
 @profile("hot-newjid")
 def test_hot_minion_with_fresh_replay_jids_runs_each_job_once(mm):
     """replay_jid: new loses the minion's same-jid drop: only the one claim keeps it to one run."""
-    ensure_up(mm, "alpha", "beta")
-    mm.kill_minion("beta")
     prefix = "new-"
-    jids = [mm.publish_trace("*", "new-0", master="m1"), mm.publish_trace("*", "new-1", master="m2")]
-    for i in range(2):
-        assert mm.wait_trace("alpha", f"new-{i}") == 1
+    jids = beta_misses_one_job_per_master(mm, prefix)
     with FinalStates(mm, jids) as finals:
         mm.start_minion("beta")
         want = ["new-0 beta", "new-1 beta"]

@@ -8,25 +8,10 @@ import time
 
 import pytest
 
-from tests.saltlab import salt_version
+from tests.saltlab import runner_status as status
+from tests.saltlab import salt_version, wait_for
 
 SETTLE = 5  # seconds to wait for a duplicate that must not come
-
-
-def wait_for(check, timeout=30, every=0.5):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(every)
-    return check()
-
-
-def status(lab, jid):
-    code, out = lab.run("job_retry.status", jid)
-    assert code == 0, out
-    return out
 
 
 def pending_jids(lab, minion):

@@ -11,7 +11,8 @@ import time
 
 import pytest
 
-from tests.saltlab import Lab
+from tests.saltlab import Lab, wait_for
+from tests.saltlab import runner_status as status
 
 SETTLE = 5  # seconds in which a duplicate would have to show up
 _marks = itertools.count()
@@ -20,22 +21,6 @@ _marks = itertools.count()
 def mark(prefix):
     """A trace mark no other test of this module writes."""
     return f"{prefix}{next(_marks)}"
-
-
-def wait_for(check, timeout=30, every=0.5):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(every)
-    return check()
-
-
-def status(lab, jid):
-    code, out = lab.run("job_retry.status", jid)
-    assert code == 0, out
-    return out
 
 
 def beta_state(lab, jid):

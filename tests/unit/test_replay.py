@@ -943,10 +943,25 @@ def startup_refusal(minion, blocking, jid="20261122050899000001"):
     return ret_event(minion, jid=jid, fun="state.highstate", fun_args=[], retcode=1, **{"return": [text]})
 
 
-def test_loop_startup_run_refused_by_our_replay_is_owed_after_it(h):
+def replaying_a_state_run(h):
+    """OLDER (state.apply) is owed to beta; beta starts and the loop replays it: (loop, clock)."""
     h.record(new_event(jid=OLDER, minions=["beta"], fun="state.apply", arg=[], when=T0))
     loop, clock, _ = loop_for(h, [start_event("beta", when=T0 + 2)], recorder=h.recorder)
     loop.step()
+    return loop, clock
+
+
+def startup_run_refused_for_a_while(h, loop, clock, own="20261122050899000001"):
+    """beta's own startup highstate is refused by the replay; MINION_RUN_AFTER passes. Returns its jid."""
+    loop.feed.events.append(startup_refusal("beta", OLDER, jid=own))
+    loop.step()
+    clock[0] += EngineLoop.MINION_RUN_AFTER + 1
+    h.clock.advance(EngineLoop.MINION_RUN_AFTER + 1)
+    return own
+
+
+def test_loop_startup_run_refused_by_our_replay_is_owed_after_it(h):
+    loop, clock = replaying_a_state_run(h)
     assert h.published == [("beta", OLDER, "state.apply", 1)]
     own = "20261122050899000001"
     loop.feed.events.append(startup_refusal("beta", OLDER, jid=own))
@@ -970,9 +985,7 @@ def test_loop_startup_run_refused_by_our_replay_is_owed_after_it(h):
 
 
 def test_loop_minion_run_refused_by_something_else_is_left_alone(h):
-    h.record(new_event(jid=OLDER, minions=["beta"], fun="state.apply", arg=[], when=T0))
-    loop, clock, _ = loop_for(h, [start_event("beta", when=T0 + 2)], recorder=h.recorder)
-    loop.step()
+    loop, clock = replaying_a_state_run(h)
     loop.feed.events.append(startup_refusal("beta", "20261122050877777777"))  # not our replay
     loop.step()
     clock[0] += EngineLoop.MINION_RUN_AFTER + 1
@@ -1009,27 +1022,15 @@ def test_loop_writes_a_burst_of_starts_in_one_pass(make, monkeypatch):
 
 def test_loop_minion_run_of_an_excluded_function_is_not_recorded(make):
     h = make(exclude_functions=["state.highstate"])
-    h.record(new_event(jid=OLDER, minions=["beta"], fun="state.apply", arg=[], when=T0))
-    loop, clock, _ = loop_for(h, [start_event("beta", when=T0 + 2)], recorder=h.recorder)
-    loop.step()
-    own = "20261122050899000001"
-    loop.feed.events.append(startup_refusal("beta", OLDER, jid=own))
-    loop.step()
-    clock[0] += EngineLoop.MINION_RUN_AFTER + 1
-    h.clock.advance(EngineLoop.MINION_RUN_AFTER + 1)
+    loop, clock = replaying_a_state_run(h)
+    own = startup_run_refused_for_a_while(h, loop, clock)
     loop.step()
     assert h.store.job(own) is None
 
 
 def test_loop_minion_run_survives_a_redis_blip_while_it_is_recorded(h, monkeypatch):
-    h.record(new_event(jid=OLDER, minions=["beta"], fun="state.apply", arg=[], when=T0))
-    loop, clock, _ = loop_for(h, [start_event("beta", when=T0 + 2)], recorder=h.recorder)
-    loop.step()
-    own = "20261122050899000001"
-    loop.feed.events.append(startup_refusal("beta", OLDER, jid=own))
-    loop.step()
-    clock[0] += EngineLoop.MINION_RUN_AFTER + 1
-    h.clock.advance(EngineLoop.MINION_RUN_AFTER + 1)
+    loop, clock = replaying_a_state_run(h)
+    own = startup_run_refused_for_a_while(h, loop, clock)
     real = h.store.record_minion_run
 
     def blip(*args):

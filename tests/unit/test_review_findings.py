@@ -261,7 +261,8 @@ def test_f6_blip_after_a_fresh_jid_publish_does_not_publish_it_twice(make):
 # -- f10: a publish that raised after the master accepted it ----------------------------------------
 
 
-def test_f10_publish_raising_after_send_is_bounded(h):
+def refused_then_publishes_raise_after_sending(h):
+    """JID's replay was refused; from now on every publish goes out, then raises (reply lost)."""
     owed_jobs(h, JID, fun="state.apply", arg=[])
     h.start("beta")
     h.drive("beta")
@@ -274,6 +275,10 @@ def test_f10_publish_raising_after_send_is_bounded(h):
         raise RuntimeError("SaltReqTimeoutError: reply lost")
 
     h.replayer.publish = sent_then_raise
+
+
+def test_f10_publish_raising_after_send_is_bounded(h):
+    refused_then_publishes_raise_after_sending(h)
     for _ in range(120):
         h.drive("beta")
         h.clock.advance(60)
@@ -283,18 +288,7 @@ def test_f10_publish_raising_after_send_is_bounded(h):
 
 
 def test_f10b_publish_raising_after_send_reuses_its_fresh_jid(h):
-    owed_jobs(h, JID, fun="state.apply", arg=[])
-    h.start("beta")
-    h.drive("beta")
-    h.record(refusal_event("beta"))
-    h.clock.advance(2)
-    real = h.publish
-
-    def sent_then_raise(*args, **kwargs):
-        real(*args, **kwargs)
-        raise RuntimeError("SaltReqTimeoutError: reply lost")
-
-    h.replayer.publish = sent_then_raise
+    refused_then_publishes_raise_after_sending(h)
     for _ in range(5):
         h.drive("beta")
         h.clock.advance(60)
