@@ -1,6 +1,7 @@
 """
 Regenerate the README's config table and pillar-example/job_retry.sls from
-salt_job_retry.config.OPTIONS, the one place the defaults live.
+salt_job_retry.config.OPTIONS, the one place the defaults live, and the README's
+Redis key table and Lua script list from salt_job_retry.keys.SCHEMA and .lua.
 
     .venv/bin/python scripts/gen_config_docs.py          # rewrite both files
     .venv/bin/python scripts/gen_config_docs.py --check  # exit 1 if they are stale
@@ -13,10 +14,12 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "_utils"))
 
 from salt_job_retry.config import OPTIONS  # noqa: E402
+from salt_job_retry.keys import SCHEMA  # noqa: E402
+from salt_job_retry.lua import SUMMARIES  # noqa: E402
 
 README = REPO / "README.md"
 PILLAR = REPO / "pillar-example" / "job_retry.sls"
-START, END = "<!-- config-table:start -->", "<!-- config-table:end -->"
+CONFIG, KEYS, SCRIPTS = "config-table", "schema-table", "lua-scripts"
 
 
 def shown(value):
@@ -35,10 +38,29 @@ def table() -> str:
     return "\n".join(rows)
 
 
+def schema_table() -> str:
+    rows = ["| key | type | content |", "|---|---|---|"]
+    rows += [f"| `{k.pattern}` | {k.kind} | {k.content} |" for k in SCHEMA]
+    return "\n".join(rows)
+
+
+def lua_list() -> str:
+    rows = ["| script (`_utils/salt_job_retry/lua/`) | what it does |", "|---|---|"]
+    rows += [f"| `{name}.py` | {summary} |" for name, summary in SUMMARIES.items()]
+    return "\n".join(rows)
+
+
+def fill(text: str, marker: str, body: str) -> str:
+    start, end = f"<!-- {marker}:start -->", f"<!-- {marker}:end -->"
+    head, rest = text.split(start, 1)
+    _, tail = rest.split(end, 1)
+    return f"{head}{start}\n{body}\n{end}{tail}"
+
+
 def readme(text: str) -> str:
-    head, rest = text.split(START, 1)
-    _, tail = rest.split(END, 1)
-    return f"{head}{START}\n{table()}\n{END}{tail}"
+    text = fill(text, CONFIG, table())
+    text = fill(text, KEYS, schema_table())
+    return fill(text, SCRIPTS, lua_list())
 
 
 def yaml_value(value) -> str:

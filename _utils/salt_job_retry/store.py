@@ -1,564 +1,39 @@
 """
-The Redis schema of salt-job-retry and every operation on it.
+Every read and write of salt-job-retry's state in Redis, for the three loader modules.
 
-Key layout (``P`` is ``key_prefix``; ``{jid}`` is a Redis Cluster hash tag, so
-all keys of one job live in one slot and one Lua script may touch them):
-
-=====================================  ======  =============================================
-key                                    type    content
-=====================================  ======  =============================================
-``P:{<jid>}:job``                      string  msgpack map: fun, arg, tgt, tgt_type, user,
-                                               time (publish time, epoch seconds), and
-                                               ``excluded: true`` for excluded functions
-``P:{<jid>}:targets``                  set     minion ids the job was published to (merged
-                                               from every ``new`` event of the jid)
-``P:{<jid>}:returned``                 set     minion ids whose return was seen
-``P:{<jid>}:retry``                    hash    per-minion replay state, one field each:
-                                               ``q:<id>`` queued at (epoch s),
-                                               ``a:<id>`` replays so far,
-                                               ``l:<id>`` claim lease until (epoch ms),
-                                               ``p:<id>`` last replay published (epoch ms),
-                                               ``d:<id>`` delivery ack seen (epoch ms),
-                                               ``x:<id>`` final: ``exhausted``/``flushed``/
-                                               ``interrupted``
-``P:{<jid>}:alias``                    string  set on a fresh jid published by ``retry``:
-                                               the original jid (the fresh jid is not
-                                               tracked as a job of its own)
-``P:unswept``                          zset    jids not yet swept, scored by publish time (swept: SWEPT + it)
-``P:queues``                           zset    minion ids that have a queue, scored by
-                                               last enqueue time
-``P:minion:<quoted id>:queue``         zset    the minion's pending jids, scored by
-                                               queued-at time (id percent-encoded)
-``P:starts``                           zset    minions whose start is not served yet,
-                                               scored by start time (epoch ms)
-``P:jobs``                             zset    tracked jids, scored by publish time
-``P:stats``                            hash    counters: replays, queued, exhausted,
-                                               interrupted
-``P:rate``                             hash    fleet-wide replay token bucket
-=====================================  ======  =============================================
-
-The per-job keys are the truth; ``unswept``, ``queues`` and the per-minion queues
-are indexes that may briefly hold stale entries, which readers drop. Every key
-gets ``EXPIRE ttl`` on each write. Nothing uses ``KEYS`` or ``SCAN``.
+The schema (key names, types, TTLs) is in ``keys``; the Lua scripts, one module each, in
+``lua``; the client, batches and errors in ``redis_io``. The per-job keys are the truth;
+the job index, ``queues`` and the per-minion queues are indexes that may briefly hold
+stale entries, which readers drop.
 """
 
 from __future__ import annotations
 
 import calendar
-import hashlib
 import logging
 import math
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import quote, urlsplit
 
-import msgpack
 import redis
-from redis.cluster import RedisCluster
 
 from .config import Config
+from .keys import SWEPT, Keys
+from .lua import SCRIPTS, SHAS  # noqa: F401  (re-exported: tests and tools look them up here)
+from .redis_io import Batch, RedisUnavailable, connect, guard, pack, unpack
+from .redis_io import text as _text
+
+__all__ = ["SWEPT", "Batch", "Keys", "RedisUnavailable", "Store", "connect", "guard", "pack", "unpack"]
 
 log = logging.getLogger(__name__)
-
-# Redis' Lua stack limits how many arguments one unpack() may spread.
-
-_RECORD_NEW = """
--- KEYS: job, alias, returned, retry   ARGV: ttl, job blob
--- The targets are added by a plain SADD in the same pipeline (no Lua argument
--- conversion for 10,000 ids); without a job record they are inert. A job announced
--- again (a replay under its own jid) renews every key of the job together: a returned
--- set that expired before the job would make every minion that returned owed again.
-if redis.call('EXISTS', KEYS[2]) == 1 then return 0 end
-redis.call('SET', KEYS[1], ARGV[2], 'NX')
-redis.call('EXPIRE', KEYS[1], ARGV[1])
-redis.call('EXPIRE', KEYS[3], ARGV[1])
-redis.call('EXPIRE', KEYS[4], ARGV[1])
-return 1
-"""
-
-_RECORD_RETURN = """
--- KEYS: targets, returned   ARGV: ttl, minion
-if redis.call('SISMEMBER', KEYS[1], ARGV[2]) == 0 then return 0 end
-redis.call('SADD', KEYS[2], ARGV[2])
-redis.call('EXPIRE', KEYS[2], ARGV[1])
-return 1
-"""
-
-_SWEEP_JOB = """
--- KEYS: targets, returned, retry, job   ARGV: ttl, now
--- Returns {minion, flag, ...} for every minion still owed the job: flag 1 newly
--- queued, 0 queued before, 2 acknowledged (running: indexed so that a restart
--- finds it, but not queued as missing).
-local out = {}
-if redis.call('EXISTS', KEYS[4]) == 0 then return out end  -- expired, or a retry's alias jid
-for _, m in ipairs(redis.call('SDIFF', KEYS[1], KEYS[2])) do
-  if redis.call('HEXISTS', KEYS[3], 'x:' .. m) == 0 then
-    out[#out + 1] = m
-    if redis.call('HEXISTS', KEYS[3], 'd:' .. m) == 1 then
-      out[#out + 1] = 2
-    else
-      out[#out + 1] = redis.call('HSETNX', KEYS[3], 'q:' .. m, ARGV[2])
-    end
-  end
-end
-if #out > 0 then redis.call('EXPIRE', KEYS[3], ARGV[1]) end
-return out
-"""
-
-# Every script that compares times reads Redis' own clock, so masters whose clocks
-# disagree still agree on leases and deadlines. ARGV "now" overrides it (tests only).
-_NOW = """
-local function now_ms(arg)
-  if arg ~= nil and arg ~= '' then return tonumber(arg) end
-  local t = redis.call('TIME')
-  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-end
-"""
-
-_NOTE_START = (
-    _NOW
-    + """
--- KEYS: seq   ARGV: engine, pid ('' = not known yet), stamp_ms, lease_ms, ttl, now
--- A minion's (re)connection seen by `engine`. The pid tells a new process from the
--- same process seen again (another master, failover, a master restart).
-local seq, engine, pid, stamp = KEYS[1], ARGV[1], ARGV[2], tonumber(ARGV[3])
-local now = now_ms(ARGV[6])
-local f = redis.call('HMGET', seq, 'proc', 'owner', 'lease', 'born', 'pend')
-local proc, owner, lease, born = f[1], f[2], tonumber(f[3] or '0'), tonumber(f[4] or '0')
-if pid == '' then
-  -- pend_by: the engine that saw it may take the sequence over to identify the process
-  if stamp > tonumber(f[5] or '-1') then redis.call('HSET', seq, 'pend', stamp, 'pend_by', engine) end
-  redis.call('EXPIRE', seq, ARGV[5])
-  return {'resolve'}
-end
-redis.call('EXPIRE', seq, ARGV[5])
-if tonumber(f[5] or '-1') <= stamp then redis.call('HDEL', seq, 'pend', 'pend_by') end
-if proc == pid then
-  if stamp > tonumber(redis.call('HGET', seq, 'started') or '0') then redis.call('HSET', seq, 'started', stamp) end
-  if owner == engine or not owner or lease < now then
-    redis.call('HSET', seq, 'owner', engine, 'lease', now + tonumber(ARGV[4]))
-    return {'same'}
-  end
-  return {'same-owned', owner}
-end
--- A process found by asking (stamp 0) replaced the one we knew: it connected about now.
-if proc and stamp == 0 then stamp = now end
-if proc and stamp < born then return {'stale'} end
-redis.call('HSET', seq, 'proc', pid, 'born', stamp, 'started', stamp, 'owner', engine, 'lease', now + tonumber(ARGV[4]))
-redis.call('HDEL', seq, 'wait')
-redis.call('EXPIRE', seq, ARGV[5])
-return {'new'}
-"""
-)
-
-_SEQ_TAKE = (
-    _NOW
-    + """
--- KEYS: seq, queue   ARGV: engine, lease_ms, peek, ttl, now
--- The minion's replay sequence for `engine`: {'mine', now, fields..., queue head} or
--- {'other', owner} while another engine's lease on it is live.
-local seq, engine = KEYS[1], ARGV[1]
-local now = now_ms(ARGV[5])
-local owner = redis.call('HGET', seq, 'owner')
-local lease = tonumber(redis.call('HGET', seq, 'lease') or '0')
--- a start only this engine saw (a failover minion now on its master) outranks a live lease
-local claimant = redis.call('HGET', seq, 'pend_by')
-if owner and owner ~= engine and lease >= now and claimant ~= engine then return {'other', owner} end
-redis.call('HSET', seq, 'owner', engine, 'lease', now + tonumber(ARGV[2]))
-redis.call('EXPIRE', seq, ARGV[4])
-local f = redis.call('HMGET', seq, 'proc', 'started', 'cur', 'wait', 'acks', 'pend', 'born', 'pub')
-local head = redis.call('ZRANGE', KEYS[2], 0, tonumber(ARGV[3]) - 1, 'WITHSCORES')
-return {'mine', now, f[1] or '', f[2] or '0', f[3] or '', f[4] or '0', f[5] or '', f[6] or '', head,
-        f[7] or '0', f[8] or ''}
-"""
-)
-
-_SEQ_SET = (
-    _NOW
-    + """
--- KEYS: seq   ARGV: engine, ttl, now, field, value, ...  (value '' deletes the field)
--- Only the engine that holds the sequence may move it.
-if redis.call('HGET', KEYS[1], 'owner') ~= ARGV[1] then return 0 end
-local now = now_ms(ARGV[3])
-for i = 4, #ARGV, 2 do
-  local value = ARGV[i + 1]
-  if value == '' then redis.call('HDEL', KEYS[1], ARGV[i])
-  else
-    if string.sub(value, 1, 1) == '+' then value = now + tonumber(string.sub(value, 2)) end
-    redis.call('HSET', KEYS[1], ARGV[i], value)
-  end
-end
-redis.call('EXPIRE', KEYS[1], ARGV[2])
-return now
-"""
-)
-
-_PAIR = (
-    _NOW
-    + """
--- KEYS: job, targets, returned, retry
--- ARGV: minion, proc, started_ms, published_ms, mode, max_attempts, replay_interrupted,
---       ttl, max_refusals, now, born_ms, fresh jid ('' if none), replay_jid mode, jid
--- A claim records in j:<id> the jid the replay goes out under: the original, or the fresh
--- one (replay_jid: new, or a refused run: the minion's jid queue holds the original).
--- Where one (jid, minion) stands for the minion process `proc` that connected at
--- started_ms; mode 'look' only reads, 'claim'/'again' take the next replay.
---   done      returned, final, expired, or not a target: drop it from the queue
---   sent      already published to this process (by a replay): wait for its return
---   after     published after the process connected: Salt delivered it
---   refused   the last delivery returned Salt's "state run already running" refusal
---   acked     acknowledged by an older process, which died before returning
---   owed      never reached this process: the next replay
-local m, proc, mode = ARGV[1], ARGV[2], ARGV[5]
-if redis.call('SISMEMBER', KEYS[3], m) == 1 then return {'done', 'returned'} end
-if redis.call('SISMEMBER', KEYS[2], m) == 0 then return {'done', 'unknown'} end
-local r = KEYS[4]
-local f = redis.call('HMGET', r, 'x:' .. m, 'p:' .. m, 't:' .. m, 'k:' .. m, 'd:' .. m, 'a:' .. m, 'c:' .. m, 'r:' .. m,
-                     'j:' .. m, 'u:' .. m)
--- u:<id>: the last publish (under j:<id>) may have gone out though it failed or was not
--- confirmed; sending it again under that same jid lets the minion drop a copy it has.
-local function pub_jid(default)
-  if (f[10] or mode == 'again') and f[9] then return f[9] end
-  return default
-end
-if f[1] then return {'done', f[1]} end
-local job = redis.call('GET', KEYS[1])
-if not job then return {'done', 'expired'} end
-local p, t, k, d = f[2], f[3], f[4], f[5]
-local n, c = tonumber(f[6] or '0'), tonumber(f[7] or '0')
-local state = 'owed'
-if k and k == (t or '0') then state = 'refused'
-elseif p == proc then state = 'sent'
--- a `retry` that did not know the process yet (its pid not learnt): sent after it first
--- connected (born; a reconnection of the same process moves `started`, not `born`)
-elseif p == 'retry' and tonumber(t or '0') >= tonumber(ARGV[11]) then state = 'sent'
-elseif d then
-  -- acknowledged: by this process (running), or by one born before it (it died running it)
-  if tonumber(d) >= tonumber(ARGV[11]) then state = 'sent' else state = 'acked' end
--- published after the process connected: Salt delivered it (unless a publish of ours failed)
-elseif tonumber(ARGV[4]) > tonumber(ARGV[3]) and not f[10] then state = 'after' end
--- for a refusal: when it was refused, which the backoff counts from
-local at = t or '0'
-if state == 'refused' and f[8] then at = f[8] end
-if mode == 'look' then return {state, n, d and 1 or 0, job, at, c} end
-local ttl = redis.call('PTTL', KEYS[1])
-if ttl < 1 then ttl = tonumber(ARGV[8]) * 1000 end
-local now = now_ms(ARGV[10])
-if state == 'acked' then
-  if ARGV[7] ~= '1' then
-    redis.call('HSET', r, 'x:' .. m, 'interrupted')
-    redis.call('PEXPIRE', r, ttl)
-    return {'interrupted', n}
-  end
-  state = 'owed'
-end
-if state == 'refused' then
-  if c >= tonumber(ARGV[9]) then
-    redis.call('HSET', r, 'x:' .. m, 'exhausted')
-    redis.call('PEXPIRE', r, ttl)
-    return {'exhausted', n}
-  end
-  local pub = ARGV[12] ~= '' and ARGV[12] or ARGV[14]
-  if f[10] and f[9] then pub = f[9] end
-  redis.call('HSET', r, 'c:' .. m, c + 1, 'p:' .. m, proc, 't:' .. m, now, 'j:' .. m, pub)
-  redis.call('HDEL', r, 'k:' .. m, 'd:' .. m, 'u:' .. m)
-  redis.call('PEXPIRE', r, ttl)
-  return {'claimed', n, job, 'refusal', pub}
-end
-if mode == 'again' and state == 'sent' and c > 0 then
-  -- sent again after a refusal: the original jid would be dropped, so a fresh one, as a refusal
-  local pub = pub_jid(ARGV[12] ~= '' and ARGV[12] or ARGV[14])
-  redis.call('HSET', r, 't:' .. m, now, 'j:' .. m, pub)
-  redis.call('HDEL', r, 'd:' .. m, 'u:' .. m)
-  redis.call('PEXPIRE', r, ttl)
-  return {'claimed', n, job, 'refusal', pub}
-end
-if state == 'owed' or (mode == 'again' and state == 'sent') then
-  if n >= tonumber(ARGV[6]) then
-    redis.call('HSET', r, 'x:' .. m, 'exhausted')
-    redis.call('PEXPIRE', r, ttl)
-    return {'exhausted', n}
-  end
-  local pub = pub_jid(ARGV[14])
-  if ARGV[13] == 'new' and ARGV[12] ~= '' then pub = pub_jid(ARGV[12]) end
-  redis.call('HSET', r, 'a:' .. m, n + 1, 'p:' .. m, proc, 't:' .. m, now, 'j:' .. m, pub)
-  redis.call('HDEL', r, 'd:' .. m, 'k:' .. m, 'u:' .. m)
-  redis.call('PEXPIRE', r, ttl)
-  return {'claimed', n + 1, job, 'attempt', pub}
-end
-return {state, n}
-"""
-)
-
-_RECORD_DELIVERY = """
--- KEYS: targets, returned, retry   ARGV: ttl, minion, now_ms
-if redis.call('SISMEMBER', KEYS[1], ARGV[2]) == 0 then return 0 end
-if redis.call('SISMEMBER', KEYS[2], ARGV[2]) == 1 then return 0 end
-redis.call('HSET', KEYS[3], 'd:' .. ARGV[2], ARGV[3])
-redis.call('EXPIRE', KEYS[3], ARGV[1])
-return 1
-"""
-
-_RECORD_REFUSAL = (
-    _NOW
-    + """
--- KEYS: targets, returned, retry   ARGV: ttl, minion, now, jid the refused run had
--- Only a refusal of the latest delivery (j:<id>) counts: a late copy of an older one must
--- not mark the re-send that replaced it.
--- Salt refused to start the job (another state run was running): not a return. The
--- marker names the delivery it refused ('0': the original publish), so a later
--- replay of the pair clears it.
-local m = ARGV[2]
-if redis.call('SISMEMBER', KEYS[1], m) == 0 then return 0 end
-if redis.call('SISMEMBER', KEYS[2], m) == 1 then return 0 end
-if redis.call('HEXISTS', KEYS[3], 'x:' .. m) == 1 then return 0 end
-local latest = redis.call('HGET', KEYS[3], 'j:' .. m)
-if latest and latest ~= ARGV[4] then return 0 end
-redis.call('HSET', KEYS[3], 'k:' .. m, redis.call('HGET', KEYS[3], 't:' .. m) or '0', 'r:' .. m, now_ms(ARGV[3]))
-redis.call('EXPIRE', KEYS[3], ARGV[1])
-return 1
-"""
-)
-
-_MINION_RUN = (
-    _NOW
-    + """
--- KEYS: job, targets, retry, alias   ARGV: ttl, job blob, minion, now
--- A state run the minion started itself (startup_states) that Salt refused because one of
--- our replays was running: had the minion been up, it would have run. Recorded as a job of
--- that minion, refused, so it goes out once the sequence reaches it. Never over a known job.
-if redis.call('EXISTS', KEYS[1]) == 1 or redis.call('EXISTS', KEYS[4]) == 1 then return 0 end
-local m = ARGV[3]
-redis.call('SET', KEYS[1], ARGV[2], 'EX', ARGV[1])
-redis.call('SADD', KEYS[2], m)
-redis.call('EXPIRE', KEYS[2], ARGV[1])
-redis.call('HSET', KEYS[3], 'k:' .. m, '0', 'r:' .. m, now_ms(ARGV[4]))
-redis.call('EXPIRE', KEYS[3], ARGV[1])
-return 1
-"""
-)
-
-_TAKE_DUE = (
-    _NOW
-    + """
--- KEYS: active   ARGV: limit, now.  Minions due now, and the next due time after them.
-local now = now_ms(ARGV[2])
-local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, tonumber(ARGV[1]))
-local nxt = redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. now, '+inf', 'WITHSCORES', 'LIMIT', 0, 1)
-return {now, due, nxt[2] or ''}
-"""
-)
-
-_REWIND = (
-    _NOW
-    + """
--- KEYS: active   ARGV: now, limit.  An engine (re)starting does not know what its minions
--- wait for (that lived in the old process): make them due now, `limit` at a time.
-local now = now_ms(ARGV[1])
-local later = redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. now, '+inf', 'LIMIT', 0, tonumber(ARGV[2]))
-for i = 1, #later do redis.call('ZADD', KEYS[1], now, later[i]) end
-return later
-"""
-)
-
-_HEARTBEAT = (
-    _NOW
-    + """
--- KEYS: engines   ARGV: engine, dead_after_ms, ttl, now.  Returns engines gone silent.
-local now = now_ms(ARGV[4])
-redis.call('ZADD', KEYS[1], now, ARGV[1])
-redis.call('EXPIRE', KEYS[1], ARGV[3])
-return redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now - tonumber(ARGV[2]))
-"""
-)
-
-_ADOPT = """
--- KEYS: dead engine's active set, my active set, engines   ARGV: dead engine, ttl
--- Take over the minions a silent engine was serving; each is re-checked before use.
-local moved = redis.call('ZRANGE', KEYS[1], 0, -1, 'WITHSCORES')
-for i = 1, #moved, 2 do redis.call('ZADD', KEYS[2], 'NX', moved[i + 1], moved[i]) end
-redis.call('DEL', KEYS[1])
-redis.call('ZREM', KEYS[3], ARGV[1])
-if #moved > 0 then redis.call('EXPIRE', KEYS[2], ARGV[2]) end
-local out = {}
-for i = 1, #moved, 2 do out[#out + 1] = moved[i] end
-return out
-"""
-
-_TAKE_TOKENS = """
--- KEYS: bucket   ARGV: per_second, burst, now_ms, wanted.  Returns how many were granted.
-local rate, burst, now = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
-local state = redis.call('HMGET', KEYS[1], 'tokens', 'at')
-local tokens = tonumber(state[1]) or burst
-local at = tonumber(state[2]) or now
-tokens = math.min(burst, tokens + math.max(0, now - at) * rate / 1000)
-local granted = math.min(tonumber(ARGV[4]), math.floor(tokens))
-redis.call('HSET', KEYS[1], 'tokens', tostring(tokens - granted), 'at', now)
-redis.call('PEXPIRE', KEYS[1], 3600000)
-return granted
-"""
-
-_RELEASE = """
--- KEYS: retry   ARGV: minion, kind ('attempt' | 'refusal'), ttl
--- A claim whose publish failed: owed again. The attempt (or refusal) stays counted: a
--- publish that raised may still have gone out, and a failing one must not loop forever.
-local m = ARGV[1]
-if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
-redis.call('HDEL', KEYS[1], 'p:' .. m, 't:' .. m)
-redis.call('HSET', KEYS[1], 'u:' .. m, '1')  -- it may have gone out under j:<id>: reuse that jid
-if ARGV[2] == 'refusal' then redis.call('HSET', KEYS[1], 'k:' .. m, '0') end
-redis.call('EXPIRE', KEYS[1], ARGV[3])
-return 1
-"""
-
-_SETTLE = """
--- KEYS: targets, returned, retry   ARGV: minion, final state, by jid (or ''), ttl
-local m = ARGV[1]
-if redis.call('SISMEMBER', KEYS[1], m) == 0 then return 0 end
-if redis.call('SISMEMBER', KEYS[2], m) == 1 then return 0 end
-if redis.call('HEXISTS', KEYS[3], 'x:' .. m) == 1 then return 0 end
-redis.call('HSET', KEYS[3], 'x:' .. m, ARGV[2])
-if ARGV[3] ~= '' then redis.call('HSET', KEYS[3], 's:' .. m, ARGV[3]) end
-redis.call('EXPIRE', KEYS[3], ARGV[4])
-return 1
-"""
-
-_FLUSH = """
--- KEYS: targets, returned, retry   ARGV: minion, ttl, dry ('1': only say whether it would)
-local m = ARGV[1]
-if redis.call('SISMEMBER', KEYS[1], m) == 0 then return 0 end
-if redis.call('SISMEMBER', KEYS[2], m) == 1 then return 0 end
-if redis.call('HEXISTS', KEYS[3], 'x:' .. m) == 1 then return 0 end
-if ARGV[3] == '1' then return 1 end
-redis.call('HSET', KEYS[3], 'x:' .. m, 'flushed')
-redis.call('EXPIRE', KEYS[3], ARGV[2])
-return 1
-"""
-
-_RETRY_CLAIM = (
-    _NOW
-    + """
--- KEYS: targets, returned, retry
--- ARGV: ttl, queued_at (epoch s), now, window_ms, fresh jid, then per minion: id, proc (its
---       last known pid, '' none), pending ('1': a newer connection's pid is being asked for), send
--- An operator's retry. A minion that had the job delivered less than window_ms ago — to its
--- process, to a process not identified yet ('retry'), or to its last known process while a
--- reconnection is being identified (it may be the same one) — has it in flight (a replay, or
--- another retry): it is left alone, so a second retry publishes nothing. Every other minion
--- that did not return gets a fresh budget; those to send now are marked sent to their process
--- (or 'retry' when it is not known) under the fresh jid before the publish, so the engine
--- does not replay the job to them as well.
-local r, now, window, fresh = KEYS[3], now_ms(ARGV[3]), tonumber(ARGV[4]), ARGV[5]
-local reset, claimed, busy = {}, {}, {}
-for i = 6, #ARGV, 4 do
-  local m, known, pending, send = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
-  local proc = known
-  if proc == '' or pending == '1' then proc = 'retry' end
-  if redis.call('SISMEMBER', KEYS[1], m) == 1 and redis.call('SISMEMBER', KEYS[2], m) == 0 then
-    local f = redis.call('HMGET', r, 'p:' .. m, 't:' .. m)
-    local recent = f[1] and now - tonumber(f[2] or '0') < window
-    if recent and (f[1] == proc or f[1] == 'retry' or f[1] == known) then
-      busy[#busy + 1] = m
-    else
-      redis.call('HDEL', r, 'a:' .. m, 'l:' .. m, 'x:' .. m, 'd:' .. m, 'p:' .. m, 't:' .. m, 'k:' .. m, 'c:' .. m,
-                 'u:' .. m, 's:' .. m, 'r:' .. m)
-      redis.call('HSET', r, 'q:' .. m, ARGV[2])
-      reset[#reset + 1] = m
-      if send == '1' then
-        redis.call('HSET', r, 'p:' .. m, proc, 't:' .. m, now, 'j:' .. m, fresh)
-        claimed[#claimed + 1] = m
-      end
-    end
-  end
-end
-if #reset > 0 then redis.call('EXPIRE', r, ARGV[1]) end
-return {reset, claimed, busy}
-"""
-)
-
-SCRIPTS = {
-    "record_new": _RECORD_NEW,
-    "record_return": _RECORD_RETURN,
-    "record_delivery": _RECORD_DELIVERY,
-    "record_refusal": _RECORD_REFUSAL,
-    "sweep_job": _SWEEP_JOB,
-    "note_start": _NOTE_START,
-    "seq_take": _SEQ_TAKE,
-    "seq_set": _SEQ_SET,
-    "pair": _PAIR,
-    "release": _RELEASE,
-    "settle": _SETTLE,
-    "flush": _FLUSH,
-    "retry_claim": _RETRY_CLAIM,
-    "take_due": _TAKE_DUE,
-    "minion_run": _MINION_RUN,
-    "rewind": _REWIND,
-    "heartbeat": _HEARTBEAT,
-    "adopt": _ADOPT,
-    "take_tokens": _TAKE_TOKENS,
-}
-SHAS = {name: hashlib.sha1(body.encode()).hexdigest() for name, body in SCRIPTS.items()}
-
-
-# `P:unswept` scores of swept jobs: SWEPT + publish time, beyond every sweep's cutoff.
-SWEPT = 10**11
-
-
-class RedisUnavailable(Exception):
-    """Redis could not be reached or refused us; the message is operator-ready."""
-
-
-def connect(conf: Config) -> redis.Redis:
-    """A client for ``conf`` (plain, Sentinel or Cluster); no I/O happens until the first command."""
-    kwargs: dict[str, Any] = {
-        "socket_timeout": conf.socket_timeout,
-        "socket_connect_timeout": conf.socket_timeout,
-        "decode_responses": False,
-    }
-    for option in ("username", "password"):
-        if getattr(conf, option) is not None:
-            kwargs[option] = getattr(conf, option)
-    if conf.redis_url.startswith("rediss://"):
-        if conf.sentinels or conf.cluster_nodes:
-            kwargs["ssl"] = True
-        for option in ("ssl_ca_certs", "ssl_certfile", "ssl_keyfile"):
-            if getattr(conf, option) is not None:
-                kwargs[option] = getattr(conf, option)
-    if conf.cluster_nodes:
-        from redis.cluster import ClusterNode
-
-        nodes = [ClusterNode(host, int(port)) for host, _, port in (n.rpartition(":") for n in conf.cluster_nodes)]
-        return RedisCluster(startup_nodes=nodes, **kwargs)
-    if conf.sentinels:
-        from redis.sentinel import Sentinel
-
-        addresses = [(host, int(port)) for host, _, port in (n.rpartition(":") for n in conf.sentinels)]
-        sentinel_kwargs = {"socket_timeout": conf.socket_timeout, "password": conf.sentinel_password}
-        db = int(urlsplit(conf.redis_url).path.strip("/") or 0)
-        sentinel = Sentinel(addresses, sentinel_kwargs=sentinel_kwargs, **kwargs)
-        return sentinel.master_for(conf.sentinel_service, db=db, **kwargs)
-    return redis.Redis.from_url(conf.redis_url, **kwargs)
-
-
-def pack(value: Any) -> bytes:
-    # default=str: odd types from YAML (dates, ...) are stored as text, never pickled.
-    return msgpack.packb(value, use_bin_type=True, default=str)
-
-
-def unpack(blob: bytes) -> Any:
-    return msgpack.unpackb(blob, raw=False, strict_map_key=False)
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode("utf-8", "replace") if isinstance(value, bytes) else value
 
 
 @dataclass
 class Claim:
     jid: str
-    state: str  # claimed | exhausted | interrupted | done | sent | after | (see _PAIR)
+    state: str  # claimed | exhausted | interrupted | done | sent | after | (see lua/pair.py)
     attempt: int = 0
     job: dict | None = None
     kind: str = ""  # for claimed: "attempt" (a replay) or "refusal" (again after a refusal)
@@ -583,7 +58,7 @@ class SeqView:
 
 @dataclass
 class Look:
-    """Where one queued job stands for the current process (see _PAIR)."""
+    """Where one queued job stands for the current process (see lua/pair.py)."""
 
     jid: str
     published: float
@@ -594,121 +69,6 @@ class Look:
     sent_ms: int = 0
     refusals: int = 0
     final: str = ""
-
-
-class Keys:
-    """Key names; the only place they are spelled."""
-
-    def __init__(self, prefix: str):
-        self.prefix = prefix
-        self.unswept = f"{prefix}:unswept"
-        self.queues = f"{prefix}:queues"
-        self.rate = f"{prefix}:rate"
-        self.jobs = f"{prefix}:jobs"
-        self.stats = f"{prefix}:stats"
-        # The engines' registry and work sets share one hash tag, so adopting a silent
-        # engine's minions is one script.
-        self.engines = f"{prefix}:{{active}}:engines"
-
-    def job(self, jid: str) -> str:
-        return f"{self.prefix}:{{{jid}}}:job"
-
-    def targets(self, jid: str) -> str:
-        return f"{self.prefix}:{{{jid}}}:targets"
-
-    def returned(self, jid: str) -> str:
-        return f"{self.prefix}:{{{jid}}}:returned"
-
-    def retry(self, jid: str) -> str:
-        return f"{self.prefix}:{{{jid}}}:retry"
-
-    def alias(self, jid: str) -> str:
-        return f"{self.prefix}:{{{jid}}}:alias"
-
-    def _minion(self, minion: str) -> str:
-        # Percent-encoding keeps ':', '{', '}', spaces and non-ASCII out of key structure;
-        # the minion's keys share one hash tag, so its sequence and queue move together.
-        return f"{self.prefix}:{{m:{quote(minion, safe='')}}}"
-
-    def queue(self, minion: str) -> str:
-        return f"{self._minion(minion)}:queue"
-
-    def seq(self, minion: str) -> str:
-        return f"{self._minion(minion)}:seq"
-
-    def active(self, engine: str) -> str:
-        return f"{self.prefix}:{{active}}:{quote(engine, safe='')}"
-
-
-class Batch:
-    """
-    Commands and script calls sent in one pipeline (one round trip).
-
-    Scripts run by EVALSHA; if Redis lost its script cache (restart, failover)
-    the failed calls are loaded and re-sent once. Every script is idempotent.
-    """
-
-    def __init__(self, client: redis.Redis):
-        self._client = client
-        self._ops: list[tuple[str, tuple]] = []
-
-    def __len__(self) -> int:
-        return len(self._ops)
-
-    def call(self, *args: Any) -> int:
-        self._ops.append(("cmd", args))
-        return len(self._ops) - 1
-
-    def script(self, name: str, keys: list[str], args: list[Any]) -> int:
-        self._ops.append(("script", (name, keys, args)))
-        return len(self._ops) - 1
-
-    def _queue(self, pipe, kind: str, op: tuple) -> None:
-        if kind == "cmd":
-            pipe.execute_command(*op)
-        else:
-            name, keys, args = op
-            pipe.execute_command("EVALSHA", SHAS[name], len(keys), *keys, *args)
-
-    def execute(self) -> list[Any]:
-        if not self._ops:
-            return []
-        results = self._send(self._ops)
-        missing = [i for i, r in enumerate(results) if isinstance(r, redis.exceptions.NoScriptError)]
-        if missing:
-            log.info("job_retry: Redis has no cached scripts (restarted?); loading them")
-            self._load_scripts()
-            for i, result in zip(missing, self._send([self._ops[i] for i in missing]), strict=False):
-                results[i] = result
-        for result in results:
-            if isinstance(result, Exception):
-                raise result
-        return results
-
-    def _load_scripts(self) -> None:
-        if isinstance(self._client, RedisCluster):  # SCRIPT LOAD goes to every primary
-            for body in SCRIPTS.values():
-                self._client.script_load(body)
-            return
-        pipe = self._client.pipeline(transaction=False)
-        for body in SCRIPTS.values():
-            pipe.script_load(body)
-        pipe.execute()
-
-    def _send(self, ops) -> list[Any]:
-        if len(ops) == 1:  # no pipeline object for a single command: cheaper on the hot path
-            kind, op = ops[0]
-            try:
-                if kind == "cmd":
-                    return [self._client.execute_command(*op)]
-                name, keys, args = op
-                return [self._client.execute_command("EVALSHA", SHAS[name], len(keys), *keys, *args)]
-            except redis.exceptions.ResponseError as exc:
-                return [exc]
-        pipe = self._client.pipeline(transaction=False)
-        for kind, op in ops:
-            self._queue(pipe, kind, op)
-        return pipe.execute(raise_on_error=False)
 
 
 class Store:
@@ -796,20 +156,21 @@ class Store:
         Returns the batch index whose result is 0 if jid is a replay's or a retry's fresh jid.
         """
         k, ttl = self.keys, self.conf.ttl
-        index = batch.script("record_new", [k.job(jid), k.alias(jid), k.returned(jid), k.retry(jid)], [ttl, blob])
         if minions:
-            batch.call("SADD", k.targets(jid), *minions)
-            batch.call("EXPIRE", k.targets(jid), ttl)
+            batch.call("SADD", k.targets(jid), *minions)  # given its TTL by record_new
+        keys = [k.job(jid), k.alias(jid), k.returned(jid), k.retry(jid), k.targets(jid)]
+        index = batch.script("record_new", keys, [ttl, blob])
         batch.call("ZADD", k.unswept, "NX", published, jid)
-        batch.call("EXPIRE", k.unswept, ttl)
-        batch.call("ZADD", k.jobs, "NX", published, jid)
-        batch.call("EXPIRE", k.jobs, ttl)
         return index
+
+    def stage_index_ttl(self, batch: Batch) -> None:
+        """Renew the job index's TTL: once per batch that added jobs (not once per job)."""
+        batch.call("EXPIRE", self.keys.unswept, self.conf.ttl)
 
     def forget_aliases(self, jids: list[str]) -> None:
         """A fresh jid is a copy of its original, not a job: out of the job indexes."""
         if jids:
-            self.run(lambda b: (b.call("ZREM", self.keys.jobs, *jids), b.call("ZREM", self.keys.unswept, *jids)))
+            self.run(lambda b: b.call("ZREM", self.keys.unswept, *jids))
 
     def stage_excluded_job(self, batch: Batch, jid: str, job: dict) -> None:
         """Remember only that the jid ran an excluded function, so `status` can say so."""
@@ -890,7 +251,6 @@ class Store:
             for jid, at in published.items():
                 b.call("ZADD", k.unswept, "XX", SWEPT + at, jid)
             b.call("ZREMRANGEBYSCORE", k.unswept, SWEPT, SWEPT + now - ttl)  # their keys have expired
-            b.call("ZREMRANGEBYSCORE", k.jobs, "-inf", now - ttl)
             fresh = sum(1 for _, _, new, _ in owed if new)
             if fresh:
                 b.call("HINCRBY", k.stats, "queued", fresh)
@@ -1051,7 +411,7 @@ class Store:
         self, minion: str, view: SeqView, jid: str, published: float, mode: str = "claim", fresh: str = ""
     ) -> Claim:
         """
-        Atomically take the next replay of jid to the minion's process (see _PAIR); `fresh`
+        Atomically take the next replay of jid to the minion's process (see lua/pair.py); `fresh`
         is the jid to publish under when the original cannot be used.
         """
         args = self._pair_args(minion, view, jid, published, mode, fresh)
@@ -1149,8 +509,9 @@ class Store:
         created, _, _ = self.run(
             lambda b: (
                 b.script("minion_run", keys, [ttl, pack(job), minion, self.now_arg()]),
-                b.call("ZADD", k.jobs, "NX", job["time"], jid),  # a no-op for a known job: it is there
-                b.call("EXPIRE", k.jobs, ttl),
+                # listed as swept: the engine queues it itself (a no-op for a known job: it is there)
+                b.call("ZADD", k.unswept, "NX", SWEPT + job["time"], jid),
+                b.call("EXPIRE", k.unswept, ttl),
             )
         )
         return bool(created)
@@ -1162,8 +523,8 @@ class Store:
         """
         k, ttl = self.keys, self.conf.ttl
         jids = sorted({jid for jid, _ in pairs})
-        scores = self.run(lambda b: [b.call("ZSCORE", k.jobs, jid) for jid in jids])
-        published = {jid: float(s) for jid, s in zip(jids, scores, strict=True) if s is not None}
+        scores = self.run(lambda b: [b.call("ZSCORE", k.unswept, jid) for jid in jids])
+        published = {jid: float(s) % SWEPT for jid, s in zip(jids, scores, strict=True) if s is not None}
         known = [(jid, m) for jid, m in pairs if jid in published]
 
         def fill(b: Batch) -> None:
@@ -1221,9 +582,9 @@ class Store:
     def stats(self) -> dict[str, Any]:
         """Counts for operators and metrics (one pipeline, plus the pending listing)."""
         k, now = self.keys, self.now()
-        jobs, unswept, counters = self.run(
+        swept, unswept, counters = self.run(
             lambda b: (
-                b.call("ZCOUNT", k.jobs, now - self.conf.ttl, "+inf"),
+                b.call("ZCOUNT", k.unswept, SWEPT + now - self.conf.ttl, "+inf"),
                 b.call("ZCOUNT", k.unswept, "-inf", f"({SWEPT}"),
                 b.call("HGETALL", k.stats),
             )
@@ -1232,7 +593,7 @@ class Store:
         published = [from_iso(e["published_at"]) for entries in pending.values() for e in entries]
         counters = {_text(f): int(v) for f, v in counters.items()}
         return {
-            "tracked_jobs": int(jobs),
+            "tracked_jobs": int(swept) + int(unswept),
             "unswept_jobs": int(unswept),
             "minions_replaying": self.active_count(),
             "pending_total": sum(len(e) for e in pending.values()),
@@ -1385,7 +746,7 @@ class Store:
         blob, targets, returned, retry, unswept = self.run(
             lambda b: (
                 b.call("GET", k.job(jid)),
-                b.call("SMEMBERS", k.targets(jid)),
+                b.call("SUNION", k.targets(jid), k.returned(jid)),  # a returned minion left targets
                 b.call("SMEMBERS", k.returned(jid)),
                 b.call("HGETALL", k.retry(jid)),
                 b.call("ZSCORE", k.unswept, jid),
@@ -1488,19 +849,3 @@ def iso(epoch: float) -> str:
 
 def from_iso(text: str) -> float:
     return float(calendar.timegm(time.strptime(text, ISO_FORMAT)))
-
-
-def guard(conf: Config, call: Callable, *args: Any) -> Any:
-    """Run a Redis call; connection trouble becomes RedisUnavailable with an operator-ready message."""
-    try:
-        return call(*args)
-    except redis.exceptions.AuthenticationError as exc:
-        raise RedisUnavailable(f"Redis at {conf.redis_display} refused the credentials: {exc}") from exc
-    except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
-        if "SSL" in str(exc) or "certificate" in str(exc):
-            raise RedisUnavailable(f"TLS with Redis at {conf.redis_display} failed: {exc}") from exc
-        raise RedisUnavailable(f"Redis unreachable at {conf.redis_display}: {exc}") from exc
-    except redis.exceptions.ResponseError as exc:
-        if "NOAUTH" in str(exc) or "WRONGPASS" in str(exc):
-            raise RedisUnavailable(f"Redis at {conf.redis_display} refused the credentials: {exc}") from exc
-        raise

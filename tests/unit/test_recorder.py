@@ -257,3 +257,69 @@ def test_replays_delivery_and_return_are_announced(make):
     assert fired == [f"salt/job_retry/{JID}/delivered/beta", f"salt/job_retry/{JID}/returned/beta"]
     h.record(ret_event("beta"))  # not a replay: no event
     assert len(fired) == 2
+
+
+def test_a_return_moves_the_minion_out_of_targets_so_a_pair_is_stored_once(h):
+    h.record(new_event(minions=["alpha", "beta"]), ret_event("alpha"))
+    k = h.store.keys
+    assert h.redis.smembers(k.targets(JID)) == {b"beta"}
+    assert h.redis.smembers(k.returned(JID)) == {b"alpha"}
+    status = h.store.status(JID)
+    assert status["minions"]["alpha"]["state"] == "returned"
+    assert status["minions"]["beta"]["state"] == "waiting"
+    assert h.store.missing(JID) == ["beta"]
+    h.record(ret_event("beta"))
+    assert not h.redis.exists(k.targets(JID))  # emptied: Redis dropped it
+    assert h.store.status(JID)["minions"] == {
+        "alpha": {"state": "returned", "attempts": 0},
+        "beta": {"state": "returned", "attempts": 0},
+    }
+
+
+def test_a_replay_announcement_after_the_return_does_not_make_the_minion_owed(h):
+    # the original run's return is recorded before the `new` of a replay under the same jid
+    h.record(new_event(minions=["alpha"]), ret_event("alpha"))
+    h.record(new_event(minions=["alpha"]))  # back in targets, but it returned
+    h.clock.advance(60)
+    assert h.store.sweep() == []
+    assert h.store.status(JID)["minions"]["alpha"]["state"] == "returned"
+    assert h.serve("alpha").replayed == []
+
+
+def test_the_job_index_ttl_is_renewed_once_per_batch_not_per_job(h):
+    h.record(new_event(jid=OTHER))  # warm the script cache
+    sent = []
+    original = h.redis.execute_command
+
+    def counting(*args, **kwargs):
+        sent.append(args)
+        return original(*args, **kwargs)
+
+    pipe_factory = h.redis.pipeline
+
+    def pipeline(*a, **kw):
+        pipe = pipe_factory(*a, **kw)
+        queue = pipe.execute_command
+
+        def record(*args, **kwargs):
+            sent.append(args)
+            return queue(*args, **kwargs)
+
+        pipe.execute_command = record
+        return pipe
+
+    h.redis.execute_command, h.redis.pipeline = counting, pipeline
+    h.record(*[new_event(jid=f"2026112205081646{i:04d}") for i in range(10)])
+    index = h.store.keys.unswept
+    assert [a for a in sent if a[0] == "EXPIRE" and a[1] == index] == [("EXPIRE", index, h.conf.ttl)]
+    assert 0 < h.redis.ttl(index) <= h.conf.ttl
+
+
+def test_target_list_validation_keeps_every_valid_id_and_drops_the_rest():
+    from salt_job_retry.recorder import MAX_MINION_ID, valid_minions
+
+    good = ["web-1", "db 2", "ünïcode", "nbsp\xa0id", "x" * MAX_MINION_ID]
+    assert valid_minions(good) == good  # \xa0 is not printable: the slow path keeps it
+    bad = ["", "tab\there", "nul\x00", "y" * (MAX_MINION_ID + 1), 7, None]
+    assert valid_minions(good[:2] + bad) == good[:2]
+    assert valid_minions([]) == []
