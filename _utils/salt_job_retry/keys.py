@@ -76,7 +76,11 @@ SCHEMA = (
     ),
     KeyDoc("P:queues", "zset", "minions that have a queue, scored by last enqueue"),
     KeyDoc("P:stats", "hash", "counters (see `stats`)"),
-    KeyDoc("P:rate", "hash", "the fleet-wide replay token bucket (TTL 1 h)"),
+    KeyDoc(
+        "P:rate",
+        "hash",
+        "the fleet-wide replay rate limit: `tat`, when its slots run out (GCRA, Redis ms); TTL 1 h or until `tat`",
+    ),
 )
 
 

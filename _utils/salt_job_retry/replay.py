@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import fnmatch
 import logging
-import math
 import re
 import time
 from collections.abc import Callable
@@ -90,6 +89,7 @@ class Replayer:
         self.fire = fire
         self.new_jid = new_jid
         self.engine = engine
+        self.slots: dict[str, int] = {}  # minion -> replay slot reserved for it (Redis ms)
 
     @property
     def wait_ms(self) -> int:
@@ -134,6 +134,7 @@ class Replayer:
         if not candidates:
             if len(view.queue) >= self.store.PEEK and len(live) < len(looks):
                 return Step(view.now_ms)  # done ones cleared from a full peek: look at what is behind
+            self.slots.pop(minion, None)
             self.store.seq_set(self.engine, minion, cur="", wait="")
             return Step()
         return self._send(minion, view, candidates[0], "again" if candidates[0] is again else "claim")
@@ -166,8 +167,9 @@ class Replayer:
             hold = head.sent_ms + refusal_backoff_ms(head.refusals)
             if view.now_ms < hold:
                 return Step(hold)
-        if not self.store.take_tokens(1):
-            return Step(view.now_ms + math.ceil(1000 / self.conf.max_replays_per_second))
+        slot = self._slot(minion, view.now_ms)
+        if slot > view.now_ms:
+            return Step(slot)
         if not self.store.seq_set(self.engine, minion, cur=head.jid, pub="", wait=f"+{self.wait_ms}"):
             return Step()  # another engine took the sequence over meanwhile
         # A fresh jid when the original may not do: replay_jid new, or a re-send after a refusal.
@@ -187,6 +189,20 @@ class Replayer:
         self.store.seq_set(self.engine, minion, pub=pub_jid)  # its return or ack wakes the minion
         self.store.count("replays" if claim.kind == "attempt" else "refusals", 1)
         return Step(view.now_ms + self.wait_ms, waiting_for=tuple({claim.jid, pub_jid}), published=claim.jid)
+
+    def _slot(self, minion: str, now_ms: int) -> int:
+        """
+        When the rate limit lets this minion's next replay go (<= now_ms: at once): the slot
+        reserved for it on an earlier step, or a new one (one bucket call per replay).
+        """
+        slot = self.slots.pop(minion, None)
+        if slot is None:
+            slot, reserved_at = self.store.reserve_replay()
+            if slot <= reserved_at:  # a slot for now (the script's now is a little later than now_ms)
+                return now_ms
+        if slot > now_ms:
+            self.slots[minion] = slot
+        return slot
 
     def _supersede(self, minion: str, candidates: list[Look]) -> list[Look]:
         keys = {lk.jid: supersede_key(lk.job, self.conf.supersede_functions) for lk in candidates}

@@ -615,13 +615,16 @@ class Store:
 
     # -- rate limit (engine) ------------------------------------------------------------
 
-    def take_tokens(self, wanted: int) -> int:
-        """Replays allowed now by the fleet-wide `max_replays_per_second` bucket."""
+    def reserve_replay(self) -> tuple[int, int]:
+        """
+        (slot, now) in Redis ms: the slot at which the fleet-wide `max_replays_per_second`
+        lets the next replay go (slot <= now: at once).
+        """
         rate = self.conf.max_replays_per_second
         burst = max(1, math.ceil(rate / 10))  # 100 ms worth: any one-second window stays near `rate`
-        now_ms = int(self.now() * 1000)
-        (granted,) = self.run(lambda b: b.script("take_tokens", [self.keys.rate], [rate, burst, now_ms, wanted]))
-        return int(granted)
+        args = [1000 / rate, burst, self.now_arg()]
+        ((slot, now),) = self.run(lambda b: b.script("reserve_replay", [self.keys.rate], args))
+        return int(slot), int(now)
 
     # -- operator views (runner) ------------------------------------------------------
 
