@@ -238,11 +238,7 @@ class Store:
                 # entries of expired jobs: a minion that is up but slow is queued for each job it
                 # is late with and nobody may read its queue; this keeps it within ttl's worth
                 b.call("ZREMRANGEBYSCORE", k.queue(minion), "-inf", now - ttl)
-            for jid, minion, _, job in owed:  # scored by publish time: the order to replay in
-                b.call("ZADD", k.queue(minion), "NX", job.get("time", now), jid)
-                b.call("EXPIRE", k.queue(minion), ttl)
-                b.call("ZADD", k.queues, now, minion)
-            b.call("EXPIRE", k.queues, ttl)
+            self._stage_queue(b, [(minion, jid, job.get("time", now)) for jid, minion, _, job in owed], now)
             # Swept jobs stay in the index with a score past every cutoff: the `new` of a replay
             # under the original jid (ZADD NX) then leaves it swept instead of queueing it again.
             gone = [jid for jid in jids if jid not in published]
@@ -305,7 +301,7 @@ class Store:
         """Queue, for each minion, the not-yet-swept jobs that target it (the sweep has not yet)."""
         if not minions:
             return
-        k, ttl = self.keys, self.conf.ttl
+        k = self.keys
         rows = guard(self.conf, self.client.zrangebyscore, k.unswept, "-inf", f"({SWEPT}", None, None, True)
         jobs = [(_text(jid), float(score)) for jid, score in rows]
         if not jobs:
@@ -316,17 +312,21 @@ class Store:
         for (jid, published), flags in zip(jobs, member, strict=True):
             hits += [(m, jid, published) for m, flag in zip(minions, flags, strict=True) if flag]
 
-        def fill(b: Batch) -> None:
-            for m, jid, published in hits:
-                b.call("ZADD", k.queue(m), "NX", published, jid)
-                b.call("EXPIRE", k.queue(m), ttl)
-            now = self.now()
-            for m in {m for m, _, _ in hits}:  # listed, so `pending` and `stats` show it before the sweep
-                b.call("ZADD", k.queues, now, m)
-            b.call("EXPIRE", k.queues, ttl)
+        if hits:  # listed in `queues` too, so `pending` and `stats` show them before the sweep
+            self.run(lambda b: self._stage_queue(b, hits, self.now()))
 
-        if hits:
-            self.run(fill)
+    def _stage_queue(self, b: Batch, entries: list[tuple[str, str, float]], now: float) -> None:
+        """
+        Index (minion, jid, published) entries in each minion's queue, scored by publish time
+        (the order to replay in), and list the minions in `queues` as enqueued at `now`.
+        """
+        k, ttl = self.keys, self.conf.ttl
+        for m, jid, published in entries:
+            b.call("ZADD", k.queue(m), "NX", published, jid)
+            b.call("EXPIRE", k.queue(m), ttl)
+        for m in {m for m, _, _ in entries}:
+            b.call("ZADD", k.queues, now, m)
+        b.call("EXPIRE", k.queues, ttl)
 
     @property
     def lease_ms(self) -> int:
@@ -521,21 +521,14 @@ class Store:
         Queue refused (jid, minion) pairs in publish order and wake whoever serves each minion.
         Returns the pairs whose job is not recorded yet (the returner is behind): try again later.
         """
-        k, ttl = self.keys, self.conf.ttl
+        k = self.keys
         jids = sorted({jid for jid, _ in pairs})
         scores = self.run(lambda b: [b.call("ZSCORE", k.unswept, jid) for jid in jids])
         published = {jid: float(s) % SWEPT for jid, s in zip(jids, scores, strict=True) if s is not None}
         known = [(jid, m) for jid, m in pairs if jid in published]
 
-        def fill(b: Batch) -> None:
-            for jid, m in known:
-                b.call("ZADD", k.queue(m), "NX", published[jid], jid)
-                b.call("EXPIRE", k.queue(m), ttl)
-                b.call("ZADD", k.queues, published[jid], m)
-            b.call("EXPIRE", k.queues, ttl)
-
         if known:
-            self.run(fill)
+            self.run(lambda b: self._stage_queue(b, [(m, jid, published[jid]) for jid, m in known], self.now()))
             self.wake([m for _, m in known], engine, hold_ms)
         return [(jid, m) for jid, m in pairs if jid not in published]
 
@@ -793,15 +786,8 @@ class Store:
         claim = RetryClaim(*([_text(m) for m in part] for part in r))
         published = (self.job(jid) or {}).get("time", now)
 
-        def fill(b: Batch) -> None:
-            for m in claim.reset:
-                b.call("ZADD", k.queue(m), published, jid)
-                b.call("EXPIRE", k.queue(m), ttl)
-                b.call("ZADD", k.queues, now, m)
-            b.call("EXPIRE", k.queues, ttl)
-
         if claim.reset:
-            self.run(fill)
+            self.run(lambda b: self._stage_queue(b, [(m, jid, published) for m in claim.reset], now))
         return claim
 
 
