@@ -183,7 +183,12 @@ class Bench:
 
             return run
 
+        def round_trips(_):  # the floor of any one-call-one-reply write: a PING per return
+            for _m in minions:
+                self.client.execute_command("PING")
+
         single, ceil1 = self.measure_pair(setup, ours_single, ceiling(1))
+        single_rt, floor = self.measure_pair(setup, ours_single, round_trips)
         batched, ceil100 = self.measure_pair(setup, ours_batch, ceiling(100))
         peer, single_p, batched_p = None, single, batched
         if peer_python:
@@ -194,6 +199,7 @@ class Bench:
                 batched_p += self.measure_once(setup, ours_batch)
         n = float(returns)
         self.report("ingest, 1 event per call", single, ceil1, "bare pipeline", "returns/s", n, "", True)
+        self.report("ingest, 1 event per call", single_rt, floor, "one PING round trip", "returns/s", n, "", True)
         self.report("ingest, 100 events per call", batched, ceil100, "bare pipeline", "returns/s", n, ">= 0.8x", True)
         if peer:
             self.report(

@@ -321,11 +321,14 @@ class Store:
         (the order to replay in), and list the minions in `queues` as enqueued at `now`.
         """
         k, ttl = self.keys, self.conf.ttl
+        by_minion: dict[str, list[Any]] = {}
         for m, jid, published in entries:
-            b.call("ZADD", k.queue(m), "NX", published, jid)
+            by_minion.setdefault(m, []).extend((published, jid))
+        for m, pairs in by_minion.items():  # one ZADD per minion: a master restart queues millions
+            b.call("ZADD", k.queue(m), "NX", *pairs)
             b.call("EXPIRE", k.queue(m), ttl)
-        for m in {m for m, _, _ in entries}:
-            b.call("ZADD", k.queues, now, m)
+        if by_minion:
+            b.call("ZADD", k.queues, *[x for m in by_minion for x in (now, m)])
         b.call("EXPIRE", k.queues, ttl)
 
     @property
