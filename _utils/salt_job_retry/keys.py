@@ -34,8 +34,8 @@ SCHEMA = (
     KeyDoc(
         "P:{<jid>}:targets",
         "set",
-        "targeted minions that have not returned (merged across `new` events of the jid); a return moves the "
-        "id to `returned` (SMOVE), so each (jid, minion) pair is stored once",
+        "targeted minions (merged across `new` events of the jid); a return moves the id to `returned` "
+        "(SMOVE), so a pair is stored once (a replay's `new` may add a returned minion back: `returned` wins)",
     ),
     KeyDoc("P:{<jid>}:returned", "set", "minions whose return was seen"),
     KeyDoc(

@@ -157,9 +157,9 @@ class Store:
         """
         k, ttl = self.keys, self.conf.ttl
         if minions:
-            batch.call("SADD", k.targets(jid), *minions)  # given its TTL by record_new
-        keys = [k.job(jid), k.alias(jid), k.returned(jid), k.retry(jid), k.targets(jid)]
-        index = batch.script("record_new", keys, [ttl, blob])
+            batch.call("SADD", k.targets(jid), *minions)
+            batch.call("EXPIRE", k.targets(jid), ttl)
+        index = batch.script("record_new", [k.job(jid), k.alias(jid), k.returned(jid), k.retry(jid)], [ttl, blob])
         batch.call("ZADD", k.unswept, "NX", published, jid)
         return index
 
@@ -581,7 +581,7 @@ class Store:
         swept, unswept, counters = self.run(
             lambda b: (
                 b.call("ZCOUNT", k.unswept, SWEPT + now - self.conf.ttl, "+inf"),
-                b.call("ZCOUNT", k.unswept, "-inf", f"({SWEPT}"),
+                b.call("ZCOUNT", k.unswept, now - self.conf.ttl, f"({SWEPT}"),
                 b.call("HGETALL", k.stats),
             )
         )

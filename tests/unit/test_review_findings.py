@@ -8,6 +8,7 @@ marker goes.
 """
 
 import pytest
+import redis
 from conftest import JID, T0, new_event, ret_event
 from salt_job_retry import commands
 from salt_job_retry.replay import refusal_backoff_ms
@@ -479,3 +480,78 @@ def test_r7_again_with_newer_identical_job_beyond_the_window(make):
     assert queue(h) == [C, X, P1, P2, P3, C2]
     out = h.drive("beta")
     assert C not in [p[1] for p in out], (out, queue(h))
+
+
+# -- fifth review (a return moves the minion from targets to returned) -------------------------------
+
+
+def _fail_the_noscript_resend(h, monkeypatch):
+    """Redis lost its script cache (failover) and the connection drops before the re-send."""
+    batch_cls = type(h.store.batch())
+    real, calls = batch_cls._send, []
+
+    def send(self, ops):
+        calls.append(len(ops))
+        if len(calls) == 2:
+            raise redis.exceptions.ConnectionError("connection lost during failover")
+        return real(self, ops)
+
+    monkeypatch.setattr(batch_cls, "_send", send)
+    h.redis.script_flush()
+
+
+def test_r8_a_failed_script_resend_does_not_leave_targets_without_ttl(h, monkeypatch):
+    _fail_the_noscript_resend(h, monkeypatch)
+    h.record(new_event(minions=["alpha", "beta"]))  # spooled: RedisUnavailable on the re-send
+    k = h.store.keys
+    assert h.redis.exists(k.targets(JID)) and not h.redis.exists(k.job(JID))
+    assert h.redis.ttl(k.targets(JID)) > 0  # its EXPIRE went with the SADD, not with the script
+
+
+def test_r9_pairs_in_both_sets_from_the_old_schema_are_not_owed(h):
+    # written by the parent commit: a returned minion stays in targets
+    h.record(new_event(minions=["alpha", "beta"]))
+    k = h.store.keys
+    h.redis.sadd(k.returned(JID), "alpha")
+    h.redis.expire(k.returned(JID), h.conf.ttl)
+    h.clock.advance(10)
+    assert [m for _, m, _ in h.store.sweep()] == ["beta"]
+    assert h.store.missing(JID) == ["beta"]
+    assert h.store.status(JID)["minions"]["alpha"]["state"] == "returned"
+    assert h.serve("alpha").replayed == [] and h.serve("beta").replayed == [JID]
+    h.record(ret_event("alpha"))  # a late duplicate: moves it out of targets
+    assert h.redis.smembers(k.targets(JID)) == {b"beta"}
+
+
+def test_r10_a_job_whose_targets_all_returned_owes_nothing_to_a_late_announcement(h):
+    h.record(new_event(minions=["alpha", "beta"]), ret_event("alpha"), ret_event("beta"))
+    k = h.store.keys
+    assert not h.redis.exists(k.targets(JID))
+    h.record(new_event(minions=["beta"], when=T0 + 1))  # a late replay `new`: back in targets, returned
+    h.clock.advance(10)
+    assert h.store.sweep() == [] and h.store.missing(JID) == []
+    assert h.store.flush("beta", [JID]) == []
+    env = commands.Env({}, h.conf, h.store)
+    env.publish, env.fire, env.probe = h.publish, h.fire, lambda m, j, t: (set(m), set())
+    assert commands.retry(env, JID)["published"] == []
+    assert h.serve("beta").replayed == [] and h.published == []
+
+
+def test_r11_a_retry_fresh_jid_return_moves_the_original_pair(h):
+    h.record(new_event(minions=["alpha", "beta"]), ret_event("alpha"))
+    h.clock.advance(10)
+    env = commands.Env({}, h.conf, h.store)
+    env.publish, env.fire = h.publish, h.fire
+    env.new_jid = lambda: "20261122060000000077"
+    env.probe = lambda m, j, t: (set(m), set())
+    assert commands.retry(env, JID)["published"] == ["beta"]
+    fresh = "20261122060000000077"
+    meta = {"job_retry": {"attempt": 0, "orig_jid": JID}}
+    h.record(new_event(jid=fresh, minions=["beta"], when=h.clock.now, metadata=meta))
+    h.record(ret_event("beta", jid=fresh, metadata=meta))
+    k = h.store.keys
+    assert h.redis.smembers(k.returned(JID)) == {b"alpha", b"beta"} and not h.redis.exists(k.targets(JID))
+    assert 0 < h.redis.ttl(k.targets(fresh)) <= h.conf.ttl
+    assert h.redis.zscore(k.unswept, fresh) is None
+    h.clock.advance(10)
+    assert h.store.sweep() == [] and h.serve("beta").replayed == []
