@@ -32,6 +32,7 @@ START_TAG = re.compile(r"^salt/minion/(.+)/start$")
 PRESENCE_TAG = "salt/presence/change"
 REFUSAL_BACKOFF_MAX = 60.0
 PUBLISH_FAILED_RETRY_MS = 5000
+SLOT_STALE_MS = 1000  # a rate-limit slot that passed this long ago unused is booked anew
 SENDABLE = ("owed", "refused", "acked")  # pair states a step may publish
 
 Publish = Callable[[str, str, dict, int, dict], None]
@@ -89,7 +90,6 @@ class Replayer:
         self.fire = fire
         self.new_jid = new_jid
         self.engine = engine
-        self.slots: dict[str, int] = {}  # minion -> replay slot reserved for it (Redis ms)
 
     @property
     def wait_ms(self) -> int:
@@ -134,8 +134,7 @@ class Replayer:
         if not candidates:
             if len(view.queue) >= self.store.PEEK and len(live) < len(looks):
                 return Step(view.now_ms)  # done ones cleared from a full peek: look at what is behind
-            self.slots.pop(minion, None)
-            self.store.seq_set(self.engine, minion, cur="", wait="")
+            self.store.seq_set(self.engine, minion, cur="", wait="", slot="")  # a slot not needed: let go
             return Step()
         return self._send(minion, view, candidates[0], "again" if candidates[0] is again else "claim")
 
@@ -167,10 +166,12 @@ class Replayer:
             hold = head.sent_ms + refusal_backoff_ms(head.refusals)
             if view.now_ms < hold:
                 return Step(hold)
-        slot = self._slot(minion, view.now_ms)
+        slot = self._slot(view)
         if slot > view.now_ms:
+            if slot != view.slot_ms:
+                self.store.seq_set(self.engine, minion, slot=slot)
             return Step(slot)
-        if not self.store.seq_set(self.engine, minion, cur=head.jid, pub="", wait=f"+{self.wait_ms}"):
+        if not self.store.seq_set(self.engine, minion, cur=head.jid, pub="", wait=f"+{self.wait_ms}", slot=slot):
             return Step()  # another engine took the sequence over meanwhile
         # A fresh jid when the original may not do: replay_jid new, or a re-send after a refusal.
         may_need = self.conf.replay_jid == "new" or head.state == "refused" or mode == "again"
@@ -186,23 +187,21 @@ class Replayer:
             self.store.release(claim.jid, minion, claim.kind)
             self.store.seq_set(self.engine, minion, cur="", wait="")
             return Step(view.now_ms + PUBLISH_FAILED_RETRY_MS)
-        self.store.seq_set(self.engine, minion, pub=pub_jid)  # its return or ack wakes the minion
+        self.store.seq_set(self.engine, minion, pub=pub_jid, slot="")  # its return or ack wakes the minion
         self.store.count("replays" if claim.kind == "attempt" else "refusals", 1)
         return Step(view.now_ms + self.wait_ms, waiting_for=tuple({claim.jid, pub_jid}), published=claim.jid)
 
-    def _slot(self, minion: str, now_ms: int) -> int:
+    def _slot(self, view: SeqView) -> int:
         """
-        When the rate limit lets this minion's next replay go (<= now_ms: at once): the slot
-        reserved for it on an earlier step, or a new one (one bucket call per replay).
+        When the rate limit lets the minion's next replay go (<= now: at once). A slot is kept
+        in the minion's sequence until a replay goes out in it, so a step that ends without
+        publishing (a job found exhausted, another engine or a restart taking over) uses it
+        next time instead of booking another; one left unused for SLOT_STALE_MS is booked anew.
         """
-        slot = self.slots.pop(minion, None)
-        if slot is None:
-            slot, reserved_at = self.store.reserve_replay()
-            if slot <= reserved_at:  # a slot for now (the script's now is a little later than now_ms)
-                return now_ms
-        if slot > now_ms:
-            self.slots[minion] = slot
-        return slot
+        if view.slot_ms and view.slot_ms > view.now_ms - SLOT_STALE_MS:
+            return view.slot_ms
+        slot, reserved_at = self.store.reserve_replay()
+        return min(slot, view.now_ms) if slot <= reserved_at else slot
 
     def _supersede(self, minion: str, candidates: list[Look]) -> list[Look]:
         keys = {lk.jid: supersede_key(lk.job, self.conf.supersede_functions) for lk in candidates}

@@ -54,6 +54,7 @@ class SeqView:
     queue: list[tuple[str, float]]  # (jid, published epoch s), oldest first
     born_ms: int = 0  # when that process first connected
     pub: str = ""  # the jid the in-flight replay went out under ('' if its engine died before publishing)
+    slot_ms: int = 0  # the rate-limit slot reserved for the next replay (0: none)
 
 
 @dataclass
@@ -315,10 +316,12 @@ class Store:
         if hits:  # listed in `queues` too, so `pending` and `stats` show them before the sweep
             self.run(lambda b: self._stage_queue(b, hits, self.now()))
 
-    def _stage_queue(self, b: Batch, entries: list[tuple[str, str, float]], now: float) -> None:
+    def _stage_queue(
+        self, b: Batch, entries: list[tuple[str, str, float]], now: float, listed: Iterable[str] = ()
+    ) -> None:
         """
         Index (minion, jid, published) entries in each minion's queue, scored by publish time
-        (the order to replay in), and list the minions in `queues` as enqueued at `now`.
+        (the order to replay in), and list those minions (and `listed`) in `queues` at `now`.
         """
         k, ttl = self.keys, self.conf.ttl
         by_minion: dict[str, list[Any]] = {}
@@ -327,8 +330,9 @@ class Store:
         for m, pairs in by_minion.items():  # one ZADD per minion: a master restart queues millions
             b.call("ZADD", k.queue(m), "NX", *pairs)
             b.call("EXPIRE", k.queue(m), ttl)
-        if by_minion:
-            b.call("ZADD", k.queues, *[x for m in by_minion for x in (now, m)])
+        minions = dict.fromkeys([*by_minion, *listed])
+        if minions:
+            b.call("ZADD", k.queues, *[x for m in minions for x in (now, m)])
         b.call("EXPIRE", k.queues, ttl)
 
     @property
@@ -360,6 +364,7 @@ class Store:
             queue=[(_text(head[i]), float(head[i + 1])) for i in range(0, len(head), 2)],
             born_ms=int(float(r[9])),
             pub=_text(r[10]),
+            slot_ms=int(float(r[11])),
         )
 
     def _pair_args(
@@ -650,6 +655,7 @@ class Store:
             queue=[(_text(j), float(score)) for j, score in queue],
             born_ms=int(float(f.get("born", 0))),
             pub=f.get("pub", ""),
+            slot_ms=int(float(f.get("slot", 0))),
         )
 
     # 'after': published after the process connected. If the minion is up, Salt delivered it;
@@ -721,7 +727,7 @@ class Store:
             back = [m for m, n in zip(empty, sizes, strict=True) if n]
             if back:
                 now = self.now()
-                self.run(lambda b: [b.call("ZADD", self.keys.queues, now, m) for m in back])
+                self.run(lambda b: self._stage_queue(b, [], now, listed=back))
 
     def flush(self, minion: str, jids: list[str] | None = None, dry_run: bool = False) -> list[str]:
         """

@@ -11,11 +11,12 @@ import pytest
 import redis
 from conftest import JID, T0, new_event, ret_event
 from salt_job_retry import commands
-from salt_job_retry.replay import refusal_backoff_ms
+from salt_job_retry.replay import Replayer, refusal_backoff_ms
 from salt_job_retry.store import RedisUnavailable
 from test_replay import (
     OLDER,
     Probe,
+    ack_event,
     loop_for,
     owed_jobs,
     queue,
@@ -555,3 +556,101 @@ def test_r11_a_retry_fresh_jid_return_moves_the_original_pair(h):
     assert h.redis.zscore(k.unswept, fresh) is None
     h.clock.advance(10)
     assert h.store.sweep() == [] and h.serve("beta").replayed == []
+
+
+# -- sixth review (rate-limit slots, queue indexing) -------------------------------------------
+
+J2 = "20261122060000000002"
+
+
+def saturate(h, seconds):
+    """Other minions/engines reserve `seconds` worth of slots (rate 10/s, burst 1)."""
+    for _ in range(int(seconds * 10)):
+        h.store.reserve_replay()
+
+
+def test_r12_a_slot_booked_an_hour_ago_does_not_bypass_the_rate_limit(make):
+    h = make(max_replays_per_second=10)  # one slot per 100 ms, burst 1
+    owed_jobs(h, JID, minions=("alpha", "beta"))
+    h.start("alpha"), h.start("beta")
+    assert h.step("alpha").published == JID
+    assert h.step("beta").due_ms > h.now_ms()  # e1 keeps a slot for beta in memory
+    h.clock.advance(h.conf.claim_lease + 1)
+    h.start("beta", pid="200", engine="e2")  # beta fails over to e2's master, which serves it
+    assert h.drive("beta", engine="e2") == [("beta", JID, "cmd.run", 1)]
+    h.record(ret_event("beta"))
+    # much later: beta missed another job and comes back through e1 while the bucket is busy
+    h.record(new_event(jid=J2, minions=["beta"], when=h.clock.now))
+    h.clock.advance(3600)
+    h.replayer.sweep()
+    h.start("beta", pid="300", engine="e1")
+    saturate(h, 5)  # the fleet's next 5 s are booked
+    step = h.step("beta")
+    assert not step.published, "published at once on a slot reserved an hour ago"
+
+
+def test_r13_an_engine_restart_does_not_book_the_backlog_again(make):
+    h = make(max_replays_per_second=10)
+    minions = [f"m{i:02d}" for i in range(20)]
+    h.record(new_event(minions=minions))
+    h.clock.advance(h.conf.timeout + 1)
+    h.store.note_starts("e1", {m: (h.now_ms(), "100") for m in minions})
+    steps = {m: h.step(m) for m in minions}
+    first = max(s.due_ms for s in steps.values() if not s.published) - h.now_ms()
+    assert first == 1900 and len(h.published) == 1
+    h.replayers["e1"] = Replayer(h.store, h.conf, h.publish, h.fire, engine="e1")  # engine restarts
+    h.store.rewind("e1")
+    deferred = [m for m, s in steps.items() if not s.published]
+    again = max(h.step(m).due_ms for m in deferred) - h.now_ms()
+    assert again <= first, f"last replay now {again} ms away (was {first}): every restart adds the backlog again"
+
+
+def test_r14_a_job_found_interrupted_at_claim_leaves_the_slot_to_the_next(make):
+    h = make(max_replays_per_second=10)
+    owed_jobs(h, OLDER, JID)
+    h.start("beta", pid="100")
+    assert h.drive("beta") == [("beta", OLDER, "cmd.run", 1)]
+    h.record(ack_event("beta", jid=OLDER, when=h.clock.now, metadata={"job_retry": {"attempt": 1}}))
+    h.clock.advance(30)
+    h.start("beta", pid="200")  # rebooted while running OLDER: OLDER is interrupted, JID owed
+    saturate(h, 2)
+    slot = h.step("beta").due_ms
+    h.clock.now = slot / 1000
+    saturate(h, 2)  # the rest of the fleet keeps reserving meanwhile
+    h.step("beta")  # claim of OLDER -> interrupted: no publish, slot spent
+    assert h.tags("interrupted")
+    step = h.step("beta")
+    assert step.published == JID, f"JID deferred {step.due_ms - h.now_ms()} ms more after its slot came"
+
+
+def test_r15_an_infinite_rate_is_a_config_error():
+    from salt_job_retry import config
+
+    for bad in (float("inf"), float("nan")):
+        with pytest.raises(config.ConfigError, match="max_replays_per_second"):
+            config.load({"enabled": True, "max_replays_per_second": bad})
+
+
+def test_r16_redis_clock_stepping_back_does_not_starve_replays(make):
+    h = make(max_replays_per_second=10)
+    owed_jobs(h, JID)
+    h.start("beta")
+    h.store.reserve_replay()
+    h.clock.advance(-600)  # Redis host clock stepped back 10 min (NTP step, failover to a skewed replica)
+    step = h.step("beta")  # one slot was just booked: the next is at most one interval (100 ms) away
+    assert step.published == JID or step.due_ms - h.now_ms() <= 100, f"deferred {step.due_ms - h.now_ms()} ms"
+
+
+def test_r17_pending_relisting_a_minion_keeps_the_queues_ttl(h, monkeypatch):
+    owed_jobs(h, JID)  # beta queued, `queues` = {beta} with a TTL
+    real = h.store.look
+
+    def look_and_sweep_meanwhile(minion, view, **kw):  # a sweep queues J2 between the read and the ZREM
+        out = [lk.__class__(lk.jid, lk.published, "done", final="returned") for lk in real(minion, view, **kw)]
+        h.redis.zadd(h.store.keys.queue("beta"), {J2: 1.0})
+        return out
+
+    monkeypatch.setattr(h.store, "look", look_and_sweep_meanwhile)
+    h.store.pending(["beta"])
+    assert h.redis.zrange(h.store.keys.queues, 0, -1) == [b"beta"]
+    assert h.redis.ttl(h.store.keys.queues) > 0, "P:queues re-created by _drop_stale without EXPIRE"
