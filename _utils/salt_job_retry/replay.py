@@ -32,7 +32,10 @@ START_TAG = re.compile(r"^salt/minion/(.+)/start$")
 PRESENCE_TAG = "salt/presence/change"
 REFUSAL_BACKOFF_MAX = 60.0
 PUBLISH_FAILED_RETRY_MS = 5000
-SLOT_STALE_MS = 1000  # a rate-limit slot that passed this long ago unused is booked anew
+# A rate-limit slot that passed this long ago unused is booked anew: late engines (long passes,
+# Redis back-off) still use theirs, and a slot left by a minion that went away does not let a
+# much later replay skip the limit. Overdue slots used at once are at most this much of the rate.
+SLOT_STALE_MS = 5000
 SENDABLE = ("owed", "refused", "acked")  # pair states a step may publish
 
 Publish = Callable[[str, str, dict, int, dict], None]
@@ -171,23 +174,24 @@ class Replayer:
             if slot != view.slot_ms:
                 self.store.seq_set(self.engine, minion, slot=slot)
             return Step(slot)
-        if not self.store.seq_set(self.engine, minion, cur=head.jid, pub="", wait=f"+{self.wait_ms}", slot=slot):
+        # the slot is spent with the claim (under the sequence's owner check: one publish per slot)
+        if not self.store.seq_set(self.engine, minion, cur=head.jid, pub="", wait=f"+{self.wait_ms}", slot=""):
             return Step()  # another engine took the sequence over meanwhile
         # A fresh jid when the original may not do: replay_jid new, or a re-send after a refusal.
         may_need = self.conf.replay_jid == "new" or head.state == "refused" or mode == "again"
         fresh = self.new_jid() if self.new_jid is not None and may_need else ""
         claim = self.store.claim(minion, view, head.jid, head.published, mode, fresh)
-        if claim.state in ("exhausted", "interrupted"):
-            self._settled(minion, claim)
-            return Step(view.now_ms)
-        if claim.state != "claimed":
-            return Step(view.now_ms)  # it changed under us: look again
+        if claim.state != "claimed":  # nothing goes out: the next job uses the slot
+            self.store.seq_set(self.engine, minion, slot=slot)
+            if claim.state in ("exhausted", "interrupted"):
+                self._settled(minion, claim)
+            return Step(view.now_ms)  # (else it changed under us: look again)
         pub_jid = self._publish(minion, claim)
         if not pub_jid:
             self.store.release(claim.jid, minion, claim.kind)
             self.store.seq_set(self.engine, minion, cur="", wait="")
             return Step(view.now_ms + PUBLISH_FAILED_RETRY_MS)
-        self.store.seq_set(self.engine, minion, pub=pub_jid, slot="")  # its return or ack wakes the minion
+        self.store.seq_set(self.engine, minion, pub=pub_jid)  # its return or ack wakes the minion
         self.store.count("replays" if claim.kind == "attempt" else "refusals", 1)
         return Step(view.now_ms + self.wait_ms, waiting_for=tuple({claim.jid, pub_jid}), published=claim.jid)
 
@@ -285,6 +289,7 @@ class EngineLoop:
     MAX_BACKOFF = 30.0
     DUE_PER_PASS = 200
     IDLE_POLL = 1.0
+    MIN_POLL = 0.01  # a minion due now is served at the next pass, not in a tight loop
     PROBE_TRIES = 3
     REFUSAL_KEEP = 60.0
     EVENTS_PER_PASS = 1000
@@ -491,9 +496,11 @@ class EngineLoop:
                 to_probe[minion] = step.pend_ms
             else:
                 self._schedule(minion, step, redis_now)
+                if step.due_ms is not None and not step.waiting_for:  # due soon: not seen in `nxt`
+                    nxt = min(nxt, step.due_ms) if nxt is not None else step.due_ms
         if to_probe:
             self._identify(to_probe, redis_now)
-        wait = (nxt - redis_now) / 1000 if nxt is not None else self.IDLE_POLL
+        wait = max(self.MIN_POLL, (nxt - redis_now) / 1000) if nxt is not None else self.IDLE_POLL
         more = len(due) >= self.DUE_PER_PASS or self.woken
         self.next_poll = self.clock() + (0 if more else min(self.IDLE_POLL, max(0, wait)))
 
