@@ -64,8 +64,7 @@ SCHEMA = (
         "the minion's replay sequence: `proc` (pid), `born`/`started` (first/last connection of that process, "
         "ms), `owner` + `lease` (the engine serving it, Redis ms), `cur` + `wait` (replay in flight and its "
         "deadline), `acks`, `pend` + `pend_by` (a start whose pid is not known yet, and the engine that saw "
-        "it), `pub` (the jid the replay in flight went out under, once published), `slot` (the rate-limit slot "
-        "booked for its next replay, Redis ms)",
+        "it), `pub` (the jid the replay in flight went out under, once published)",
     ),
     KeyDoc("P:{active}:<engine>", "zset", "minions an engine is serving, scored by when to look again (Redis ms)"),
     KeyDoc("P:{active}:engines", "zset", "engines, scored by their last heartbeat (Redis ms)"),
@@ -77,11 +76,7 @@ SCHEMA = (
     ),
     KeyDoc("P:queues", "zset", "minions that have a queue, scored by last enqueue"),
     KeyDoc("P:stats", "hash", "counters (see `stats`)"),
-    KeyDoc(
-        "P:rate",
-        "hash",
-        "the fleet-wide replay rate limit: `tat`, when its slots run out (GCRA, Redis ms); TTL 1 h or until `tat`",
-    ),
+    KeyDoc("P:rate", "hash", "the fleet-wide replay token bucket (TTL 1 h)"),
 )
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import fnmatch
 import logging
+import math
 import re
 import time
 from collections.abc import Callable
@@ -32,10 +33,6 @@ START_TAG = re.compile(r"^salt/minion/(.+)/start$")
 PRESENCE_TAG = "salt/presence/change"
 REFUSAL_BACKOFF_MAX = 60.0
 PUBLISH_FAILED_RETRY_MS = 5000
-# A rate-limit slot that passed this long ago unused is booked anew: late engines (long passes,
-# Redis back-off) still use theirs, and a slot left by a minion that went away does not let a
-# much later replay skip the limit. Overdue slots used at once are at most this much of the rate.
-SLOT_STALE_MS = 5000
 SENDABLE = ("owed", "refused", "acked")  # pair states a step may publish
 
 Publish = Callable[[str, str, dict, int, dict], None]
@@ -137,7 +134,7 @@ class Replayer:
         if not candidates:
             if len(view.queue) >= self.store.PEEK and len(live) < len(looks):
                 return Step(view.now_ms)  # done ones cleared from a full peek: look at what is behind
-            self.store.seq_set(self.engine, minion, cur="", wait="", slot="")  # a slot not needed: let go
+            self.store.seq_set(self.engine, minion, cur="", wait="")
             return Step()
         return self._send(minion, view, candidates[0], "again" if candidates[0] is again else "claim")
 
@@ -169,23 +166,19 @@ class Replayer:
             hold = head.sent_ms + refusal_backoff_ms(head.refusals)
             if view.now_ms < hold:
                 return Step(hold)
-        slot = self._slot(view)
-        if slot > view.now_ms:
-            if slot != view.slot_ms:
-                self.store.seq_set(self.engine, minion, slot=slot)
-            return Step(slot)
-        # the slot is spent with the claim (under the sequence's owner check: one publish per slot)
-        if not self.store.seq_set(self.engine, minion, cur=head.jid, pub="", wait=f"+{self.wait_ms}", slot=""):
+        if not self.store.take_tokens(1):
+            return Step(view.now_ms + math.ceil(1000 / self.conf.max_replays_per_second))
+        if not self.store.seq_set(self.engine, minion, cur=head.jid, pub="", wait=f"+{self.wait_ms}"):
             return Step()  # another engine took the sequence over meanwhile
         # A fresh jid when the original may not do: replay_jid new, or a re-send after a refusal.
         may_need = self.conf.replay_jid == "new" or head.state == "refused" or mode == "again"
         fresh = self.new_jid() if self.new_jid is not None and may_need else ""
         claim = self.store.claim(minion, view, head.jid, head.published, mode, fresh)
-        if claim.state != "claimed":  # nothing goes out: the next job uses the slot
-            self.store.seq_set(self.engine, minion, slot=slot)
-            if claim.state in ("exhausted", "interrupted"):
-                self._settled(minion, claim)
-            return Step(view.now_ms)  # (else it changed under us: look again)
+        if claim.state in ("exhausted", "interrupted"):
+            self._settled(minion, claim)
+            return Step(view.now_ms)
+        if claim.state != "claimed":
+            return Step(view.now_ms)  # it changed under us: look again
         pub_jid = self._publish(minion, claim)
         if not pub_jid:
             self.store.release(claim.jid, minion, claim.kind)
@@ -194,18 +187,6 @@ class Replayer:
         self.store.seq_set(self.engine, minion, pub=pub_jid)  # its return or ack wakes the minion
         self.store.count("replays" if claim.kind == "attempt" else "refusals", 1)
         return Step(view.now_ms + self.wait_ms, waiting_for=tuple({claim.jid, pub_jid}), published=claim.jid)
-
-    def _slot(self, view: SeqView) -> int:
-        """
-        When the rate limit lets the minion's next replay go (<= now: at once). A slot is kept
-        in the minion's sequence until a replay goes out in it, so a step that ends without
-        publishing (a job found exhausted, another engine or a restart taking over) uses it
-        next time instead of booking another; one left unused for SLOT_STALE_MS is booked anew.
-        """
-        if view.slot_ms and view.slot_ms > view.now_ms - SLOT_STALE_MS:
-            return view.slot_ms
-        slot, reserved_at = self.store.reserve_replay()
-        return min(slot, view.now_ms) if slot <= reserved_at else slot
 
     def _supersede(self, minion: str, candidates: list[Look]) -> list[Look]:
         keys = {lk.jid: supersede_key(lk.job, self.conf.supersede_functions) for lk in candidates}
@@ -289,7 +270,6 @@ class EngineLoop:
     MAX_BACKOFF = 30.0
     DUE_PER_PASS = 200
     IDLE_POLL = 1.0
-    MIN_POLL = 0.01  # a minion due now is served at the next pass, not in a tight loop
     PROBE_TRIES = 3
     REFUSAL_KEEP = 60.0
     EVENTS_PER_PASS = 1000
@@ -496,11 +476,9 @@ class EngineLoop:
                 to_probe[minion] = step.pend_ms
             else:
                 self._schedule(minion, step, redis_now)
-                if step.due_ms is not None and not step.waiting_for:  # due soon: not seen in `nxt`
-                    nxt = min(nxt, step.due_ms) if nxt is not None else step.due_ms
         if to_probe:
             self._identify(to_probe, redis_now)
-        wait = max(self.MIN_POLL, (nxt - redis_now) / 1000) if nxt is not None else self.IDLE_POLL
+        wait = (nxt - redis_now) / 1000 if nxt is not None else self.IDLE_POLL
         more = len(due) >= self.DUE_PER_PASS or self.woken
         self.next_poll = self.clock() + (0 if more else min(self.IDLE_POLL, max(0, wait)))
 

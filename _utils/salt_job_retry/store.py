@@ -54,7 +54,6 @@ class SeqView:
     queue: list[tuple[str, float]]  # (jid, published epoch s), oldest first
     born_ms: int = 0  # when that process first connected
     pub: str = ""  # the jid the in-flight replay went out under ('' if its engine died before publishing)
-    slot_ms: int = 0  # the rate-limit slot reserved for the next replay (0: none)
 
 
 @dataclass
@@ -364,7 +363,6 @@ class Store:
             queue=[(_text(head[i]), float(head[i + 1])) for i in range(0, len(head), 2)],
             born_ms=int(float(r[9])),
             pub=_text(r[10]),
-            slot_ms=int(float(r[11])),
         )
 
     def _pair_args(
@@ -616,16 +614,13 @@ class Store:
 
     # -- rate limit (engine) ------------------------------------------------------------
 
-    def reserve_replay(self) -> tuple[int, int]:
-        """
-        (slot, now) in Redis ms: the slot at which the fleet-wide `max_replays_per_second`
-        lets the next replay go (slot <= now: at once).
-        """
+    def take_tokens(self, wanted: int) -> int:
+        """Replays allowed now by the fleet-wide `max_replays_per_second` bucket."""
         rate = self.conf.max_replays_per_second
         burst = max(1, math.ceil(rate / 10))  # 100 ms worth: any one-second window stays near `rate`
-        args = [1000 / rate, burst, self.now_arg()]
-        ((slot, now),) = self.run(lambda b: b.script("reserve_replay", [self.keys.rate], args))
-        return int(slot), int(now)
+        now_ms = int(self.now() * 1000)
+        (granted,) = self.run(lambda b: b.script("take_tokens", [self.keys.rate], [rate, burst, now_ms, wanted]))
+        return int(granted)
 
     # -- operator views (runner) ------------------------------------------------------
 
@@ -655,7 +650,6 @@ class Store:
             queue=[(_text(j), float(score)) for j, score in queue],
             born_ms=int(float(f.get("born", 0))),
             pub=f.get("pub", ""),
-            slot_ms=int(float(f.get("slot", 0))),
         )
 
     # 'after': published after the process connected. If the minion is up, Salt delivered it;

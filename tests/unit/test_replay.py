@@ -605,44 +605,6 @@ def test_rate_limit_defers_and_still_replays_everything(make):
         assert h.drive(m) == []
 
 
-def test_deferred_minions_get_one_slot_each_instead_of_asking_every_interval(make):
-    h = make(max_replays_per_second=10)  # one replay per 100 ms
-    minions = [f"m{i:02d}" for i in range(20)]
-    h.record(new_event(minions=minions))
-    h.clock.advance(1)
-    h.store.note_starts("e1", {m: (h.now_ms(), "100") for m in minions})
-    asked = []
-    reserve = h.store.reserve_replay
-    h.store.reserve_replay = lambda: asked.append(1) or reserve()
-    due = {m: h.step(m).due_ms for m in minions}
-    # slots one interval apart, in the order the minions asked
-    assert [due[m] - h.now_ms() for m in minions[1:]] == [100 * i for i in range(1, 20)]
-    stamps = {}
-    while len(h.published) < len(minions):
-        h.clock.advance(0.01)
-        for m in minions:  # every minion is looked at every 10 ms (woken by other events, say)
-            if m not in stamps:
-                step = h.step(m)
-                if step.published:
-                    stamps[m] = h.now_ms()
-    assert len(asked) == len(minions)  # one bucket call per replay, not one per look
-    times = sorted(stamps.values())
-    assert all(b - a >= 100 for a, b in zip(times, times[1:], strict=False))
-    assert [p[0] for p in h.published] == minions
-
-
-def test_a_slot_its_minion_no_longer_needs_is_dropped(make):
-    h = make(max_replays_per_second=10)
-    h.record(new_event(minions=["alpha", "beta"]))
-    h.clock.advance(1)
-    h.store.note_starts("e1", {m: (h.now_ms(), "100") for m in ("alpha", "beta")})
-    assert h.step("alpha").published == JID
-    assert h.step("beta").due_ms > h.now_ms()  # deferred: a slot is kept for it
-    h.record(ret_event("beta"))  # it ran the job meanwhile (a late return)
-    assert h.step("beta").due_ms is None
-    assert "slot" not in h.store.sequence("beta")
-
-
 # -- the engine loop ---------------------------------------------------------------------------
 
 

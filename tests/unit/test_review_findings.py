@@ -11,12 +11,11 @@ import pytest
 import redis
 from conftest import JID, T0, new_event, ret_event
 from salt_job_retry import commands
-from salt_job_retry.replay import Replayer, refusal_backoff_ms
+from salt_job_retry.replay import refusal_backoff_ms
 from salt_job_retry.store import RedisUnavailable
 from test_replay import (
     OLDER,
     Probe,
-    ack_event,
     loop_for,
     owed_jobs,
     queue,
@@ -558,69 +557,9 @@ def test_r11_a_retry_fresh_jid_return_moves_the_original_pair(h):
     assert h.store.sweep() == [] and h.serve("beta").replayed == []
 
 
-# -- sixth review (rate-limit slots, queue indexing) -------------------------------------------
+# -- sixth review (queue indexing, config) ---------------------------------------------------------
 
 J2 = "20261122060000000002"
-
-
-def saturate(h, seconds):
-    """Other minions/engines reserve `seconds` worth of slots (rate 10/s, burst 1)."""
-    for _ in range(int(seconds * 10)):
-        h.store.reserve_replay()
-
-
-def test_r12_a_slot_booked_an_hour_ago_does_not_bypass_the_rate_limit(make):
-    h = make(max_replays_per_second=10)  # one slot per 100 ms, burst 1
-    owed_jobs(h, JID, minions=("alpha", "beta"))
-    h.start("alpha"), h.start("beta")
-    assert h.step("alpha").published == JID
-    assert h.step("beta").due_ms > h.now_ms()  # e1 keeps a slot for beta in memory
-    h.clock.advance(h.conf.claim_lease + 1)
-    h.start("beta", pid="200", engine="e2")  # beta fails over to e2's master, which serves it
-    assert h.drive("beta", engine="e2") == [("beta", JID, "cmd.run", 1)]
-    h.record(ret_event("beta"))
-    # much later: beta missed another job and comes back through e1 while the bucket is busy
-    h.record(new_event(jid=J2, minions=["beta"], when=h.clock.now))
-    h.clock.advance(3600)
-    h.replayer.sweep()
-    h.start("beta", pid="300", engine="e1")
-    saturate(h, 5)  # the fleet's next 5 s are booked
-    step = h.step("beta")
-    assert not step.published, "published at once on a slot reserved an hour ago"
-
-
-def test_r13_an_engine_restart_does_not_book_the_backlog_again(make):
-    h = make(max_replays_per_second=10)
-    minions = [f"m{i:02d}" for i in range(20)]
-    h.record(new_event(minions=minions))
-    h.clock.advance(h.conf.timeout + 1)
-    h.store.note_starts("e1", {m: (h.now_ms(), "100") for m in minions})
-    steps = {m: h.step(m) for m in minions}
-    first = max(s.due_ms for s in steps.values() if not s.published) - h.now_ms()
-    assert first == 1900 and len(h.published) == 1
-    h.replayers["e1"] = Replayer(h.store, h.conf, h.publish, h.fire, engine="e1")  # engine restarts
-    h.store.rewind("e1")
-    deferred = [m for m, s in steps.items() if not s.published]
-    again = max(h.step(m).due_ms for m in deferred) - h.now_ms()
-    assert again <= first, f"last replay now {again} ms away (was {first}): every restart adds the backlog again"
-
-
-def test_r14_a_job_found_interrupted_at_claim_leaves_the_slot_to_the_next(make):
-    h = make(max_replays_per_second=10)
-    owed_jobs(h, OLDER, JID)
-    h.start("beta", pid="100")
-    assert h.drive("beta") == [("beta", OLDER, "cmd.run", 1)]
-    h.record(ack_event("beta", jid=OLDER, when=h.clock.now, metadata={"job_retry": {"attempt": 1}}))
-    h.clock.advance(30)
-    h.start("beta", pid="200")  # rebooted while running OLDER: OLDER is interrupted, JID owed
-    saturate(h, 2)
-    slot = h.step("beta").due_ms
-    h.clock.now = slot / 1000
-    saturate(h, 2)  # the rest of the fleet keeps reserving meanwhile
-    h.step("beta")  # claim of OLDER -> interrupted: no publish, slot spent
-    assert h.tags("interrupted")
-    step = h.step("beta")
-    assert step.published == JID, f"JID deferred {step.due_ms - h.now_ms()} ms more after its slot came"
 
 
 def test_r15_an_infinite_rate_is_a_config_error():
@@ -629,16 +568,6 @@ def test_r15_an_infinite_rate_is_a_config_error():
     for bad in (float("inf"), float("nan")):
         with pytest.raises(config.ConfigError, match="max_replays_per_second"):
             config.load({"enabled": True, "max_replays_per_second": bad})
-
-
-def test_r16_redis_clock_stepping_back_does_not_starve_replays(make):
-    h = make(max_replays_per_second=10)
-    owed_jobs(h, JID)
-    h.start("beta")
-    h.store.reserve_replay()
-    h.clock.advance(-600)  # Redis host clock stepped back 10 min (NTP step, failover to a skewed replica)
-    step = h.step("beta")  # one slot was just booked: the next is at most one interval (100 ms) away
-    assert step.published == JID or step.due_ms - h.now_ms() <= 100, f"deferred {step.due_ms - h.now_ms()} ms"
 
 
 def test_r17_pending_relisting_a_minion_keeps_the_queues_ttl(h, monkeypatch):
@@ -654,86 +583,3 @@ def test_r17_pending_relisting_a_minion_keeps_the_queues_ttl(h, monkeypatch):
     h.store.pending(["beta"])
     assert h.redis.zrange(h.store.keys.queues, 0, -1) == [b"beta"]
     assert h.redis.ttl(h.store.keys.queues) > 0, "P:queues re-created by _drop_stale without EXPIRE"
-
-
-# -- seventh review (slots kept in the sequence) ------------------------------------------------
-
-
-def _booked(h, n):
-    minions = [f"m{i:02d}" for i in range(n)]
-    h.record(new_event(minions=minions))
-    h.clock.advance(1)
-    h.store.note_starts("e1", {m: (h.now_ms(), "100") for m in minions})
-    return {m: h.step(m) for m in minions}
-
-
-def test_r18_an_engine_pass_longer_than_a_second_uses_the_slots_it_booked(make):
-    h = make(max_replays_per_second=10)  # 10/s, burst 1
-    due = _booked(h, 40)  # 1 published, 39 deferred 100 ms apart
-    asked = []
-    reserve = h.store.reserve_replay
-    h.store.reserve_replay = lambda: asked.append(1) or reserve()
-    start = h.clock.now
-    while h.clock.now < start + 4:  # the engine gets to its due minions every 2 s (busy passes)
-        h.clock.advance(2)
-        for m, s in sorted(due.items(), key=lambda kv: kv[1].due_ms or 0):
-            if not s.published and s.due_ms is not None and s.due_ms <= h.now_ms():
-                due[m] = h.step(m)
-    sent = len(h.published) - 1
-    # 4 s at 10/s: ~40 slots were booked for these minions and came due; each should go out
-    assert sent >= 35, f"only {sent} replays in 4 s at 10/s; {len(asked)} slots booked again"
-
-
-@pytest.mark.xfail(strict=True, reason="OPEN: a booked slot is an absolute Redis time; it waits out a clock step back")
-def test_r19_a_stored_slot_follows_redis_clock_stepping_back(make):
-    h = make(max_replays_per_second=10)
-    due = _booked(h, 2)
-    assert due["m01"].due_ms - h.now_ms() == 100  # slot stored in m01's sequence
-    h.clock.advance(-600)  # Redis' clock steps back 10 min (r16's scenario)
-    step = h.step("m01")
-    assert step.published or step.due_ms - h.now_ms() <= 1000, f"deferred {step.due_ms - h.now_ms()} ms"
-
-
-def test_r20_one_publish_per_slot_when_another_engine_takes_over_mid_publish(make):
-    h = make(max_replays_per_second=10)
-    h.record(new_event(minions=["beta"]))
-    h.clock.advance(1)
-    h.start("beta", pid="100")
-    saturate(h, 0.1)  # tat = now + 100 ms
-    asked = []
-    reserve = h.store.reserve_replay
-    h.store.reserve_replay = lambda: asked.append(1) or reserve()
-    real = h.replayer.publish
-
-    def publish_then_failover(*a, **kw):  # beta reconnects through e2's master during the publish
-        real(*a, **kw)
-        h.replayer.publish = real
-        h.start("beta", pid="200", engine="e2")
-
-    h.replayer.publish = publish_then_failover
-    step = h.step("beta")
-    h.clock.now = step.due_ms / 1000
-    assert h.step("beta").published == JID  # e1 publishes in slot S; its slot="" is refused
-    h.drive("beta", engine="e2")  # e2 serves the new process: slot S is still there, < 1 s old
-    assert not (len(h.published) == 2 and len(asked) == 1), "2 publishes in one slot"
-
-
-def test_r21_the_loop_serves_a_step_due_now_at_once_and_its_kept_slot(make):
-    h = make(max_replays_per_second=10)
-    owed_jobs(h, OLDER, JID)
-    h.start("beta", pid="100")
-    assert h.drive("beta") == [("beta", OLDER, "cmd.run", 1)]
-    h.record(ack_event("beta", jid=OLDER, when=h.clock.now, metadata={"job_retry": {"attempt": 1}}))
-    h.clock.advance(30)
-    loop, clock, _ = loop_for(h, [start_event("beta", pid=200, when=h.clock.now)])
-    asked = []
-    reserve = h.store.reserve_replay
-    h.store.reserve_replay = lambda: asked.append(1) or reserve()
-    before = len(h.published)
-    while len(h.published) == before and clock[0] < 10:
-        loop.step()  # pass 1: OLDER found interrupted at claim, its slot kept, Step(now)
-        dt = max(loop.next_poll - clock[0], 0.001)
-        clock[0] += dt
-        h.clock.advance(dt)
-    assert h.published[before:] == [("beta", JID, "cmd.run", 1)]
-    assert len(asked) == 1, f"{len(asked)} slots booked: the kept one was 1 s old when the loop came back"

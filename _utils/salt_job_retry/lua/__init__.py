@@ -21,7 +21,6 @@ from . import (
     record_refusal,
     record_return,
     release,
-    reserve_replay,
     retry_claim,
     rewind,
     seq_set,
@@ -29,6 +28,7 @@ from . import (
     settle,
     sweep_job,
     take_due,
+    take_tokens,
 )
 
 # In the order the README lists them: recording, sweep, replay, operator, engine upkeep.
@@ -51,7 +51,7 @@ MODULES = (
     rewind,
     heartbeat,
     adopt,
-    reserve_replay,
+    take_tokens,
 )
 SCRIPTS = {m.__name__.rpartition(".")[2]: m.SCRIPT for m in MODULES}
 SUMMARIES = {m.__name__.rpartition(".")[2]: m.__doc__.strip() for m in MODULES}
