@@ -12,7 +12,7 @@ runs where the return is made and needs the same config there). Nothing else.
 
 If Redis is unreachable the events are spooled to disk (``spool_dir``, bounded
 by ``spool_max_bytes``) and written when it is back; ``event_return`` never
-raises, because Salt would drop the batch. The Redis key layout is documented in ``salt_job_retry.store``.
+raises, because Salt would drop the batch. The Redis key layout is documented in ``salt_job_retry.keys``.
 
 Configuration (master config):
 

@@ -44,7 +44,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "_utils"))
 sys.path.insert(0, str(REPO))
 
-from salt_job_retry import config, store  # noqa: E402
+from salt_job_retry import config, redis_io, store  # noqa: E402
 from salt_job_retry.recorder import Recorder  # noqa: E402
 from salt_job_retry.replay import EngineLoop, Replayer  # noqa: E402
 from salt_job_retry.spool import SPOOL_FILE, Spool  # noqa: E402
@@ -76,7 +76,7 @@ class Bench:
         self.spool_dir = spool_dir
         raw = {"enabled": True, "redis_url": f"redis://127.0.0.1:{port}/0", "max_replays_per_second": 1e9}
         self.conf = config.load(raw)
-        self.client = store.connect(self.conf)
+        self.client = redis_io.connect(self.conf)
         self.store = store.Store(self.client, self.conf)
         self.keys = self.store.keys
         self.returner = self._load_returner()
@@ -248,7 +248,7 @@ class Bench:
                 for event in events:
                     self.returner.event_return([event])
 
-            blob = store.pack(
+            blob = redis_io.pack(
                 {"fun": "state.apply", "arg": [], "tgt": "*", "tgt_type": "glob", "user": "root", "time": time.time()}
             )
 
@@ -332,7 +332,7 @@ class Bench:
                 for i in range(total):
                     jid = f"2026112206{i:010d}"
                     published = now - 3600 if i < due_jobs else now + 3600  # the rest: not due yet
-                    pipe.set(self.keys.job(jid), store.pack({"fun": "state.apply", "arg": [], "time": published}))
+                    pipe.set(self.keys.job(jid), redis_io.pack({"fun": "state.apply", "arg": [], "time": published}))
                     pipe.sadd(self.keys.targets(jid), *ids)
                     pipe.sadd(self.keys.returned(jid), *ids[len(missing) :])
                     pipe.zadd(self.keys.unswept, {jid: published})
@@ -397,7 +397,7 @@ class Bench:
             sock.bind(("127.0.0.1", 0))
             port = sock.getsockname()[1]
         down = config.load({"enabled": True, "redis_url": f"redis://127.0.0.1:{port}/0"})
-        down_store = store.Store(store.connect(down), down)
+        down_store = store.Store(redis_io.connect(down), down)
 
         def spool_of(size_mb: int, recorder: bool):
             """A spool holding `size_mb` MB of ret events (restored to that size for each run)."""

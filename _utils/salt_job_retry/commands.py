@@ -18,8 +18,9 @@ from . import saltside
 from .config import Config, ConfigError
 from .events import fire_action
 from .recorder import valid_jid, valid_minion
+from .redis_io import RedisUnavailable
 from .replay import Replayer
-from .store import RedisUnavailable, Store, iso
+from .store import Store, iso
 
 log = logging.getLogger(__name__)
 

@@ -18,8 +18,9 @@ from typing import Any
 
 from .config import Config
 from .events import fire_action
+from .redis_io import Batch, RedisUnavailable, guard, pack
 from .spool import Spool
-from .store import Batch, RedisUnavailable, Store, guard, pack
+from .store import Store
 
 log = logging.getLogger(__name__)
 

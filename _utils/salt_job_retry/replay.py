@@ -23,7 +23,8 @@ from typing import Any
 from .config import Config
 from .events import fire_action
 from .recorder import event_time, is_refusal, refused_by, replay_origin
-from .store import Claim, Look, RedisUnavailable, SeqView, Store, pack
+from .redis_io import RedisUnavailable, pack
+from .store import Claim, Look, SeqView, Store
 
 log = logging.getLogger(__name__)
 

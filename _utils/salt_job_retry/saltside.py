@@ -15,8 +15,9 @@ from typing import Any
 
 from . import config as config_mod
 from .config import Config
+from .redis_io import connect
 from .spool import Spool
-from .store import Store, connect
+from .store import Store
 
 log = logging.getLogger(__name__)
 

@@ -21,11 +21,8 @@ import redis
 
 from .config import Config
 from .keys import SWEPT, Keys
-from .lua import SCRIPTS, SHAS  # noqa: F401  (re-exported: tests and tools look them up here)
-from .redis_io import Batch, RedisUnavailable, connect, guard, pack, unpack
+from .redis_io import Batch, guard, pack, unpack
 from .redis_io import text as _text
-
-__all__ = ["SWEPT", "Batch", "Keys", "RedisUnavailable", "Store", "connect", "guard", "pack", "unpack"]
 
 log = logging.getLogger(__name__)
 

@@ -10,7 +10,7 @@ import itertools
 import time
 from collections import Counter
 
-from salt_job_retry import config, store
+from salt_job_retry import config, redis_io, store
 from salt_job_retry.recorder import Recorder
 from salt_job_retry.replay import EngineLoop, Replayer
 from salt_job_retry.spool import Spool
@@ -27,7 +27,7 @@ class InProcessEngine:
     def __init__(self, lab, tmp_path, prefix, engine="e1", **options):
         raw = {"enabled": True, "redis_url": f"redis://127.0.0.1:{lab.redis_port}/0", "key_prefix": prefix}
         self.conf = config.load({**raw, "timeout": 5, "claim_lease": 1, **options})
-        self.store = store.Store(store.connect(self.conf), self.conf)
+        self.store = store.Store(redis_io.connect(self.conf), self.conf)
         self.recorder = Recorder(self.store, self.conf, Spool(str(tmp_path / prefix), 1 << 20))
         self.published = []  # (minion, jid, at)
         self.events = []

@@ -9,7 +9,7 @@ import datetime
 import time
 from collections import Counter
 
-from salt_job_retry import commands, config, store
+from salt_job_retry import commands, config, redis_io, store
 from salt_job_retry.recorder import Recorder
 from salt_job_retry.replay import EngineLoop, Replayer
 from salt_job_retry.spool import Spool
@@ -24,7 +24,7 @@ def stamp(seconds_ago=0.0):
 def test_fleet_of_10000_comes_back_in_a_burst(redis_only, tmp_path, capsys):
     raw = {"enabled": True, "redis_url": f"redis://127.0.0.1:{redis_only.redis_port}/0", "key_prefix": "fleet"}
     conf = config.load({**raw, "timeout": 30, "max_replays_per_second": RATE})
-    s = store.Store(store.connect(conf), conf)
+    s = store.Store(redis_io.connect(conf), conf)
     recorder = Recorder(s, conf, Spool(str(tmp_path / "spool"), 1 << 20))
     fleet = [f"node-{i:05d}" for i in range(FLEET)]
     down, up = fleet[:DOWN], fleet[DOWN:]

@@ -9,7 +9,7 @@ import time
 
 import pytest
 import redis
-from salt_job_retry import commands, config, store
+from salt_job_retry import commands, config, redis_io, store
 
 from tests.saltlab import _free_ports
 
@@ -124,9 +124,9 @@ def options(tls_redis, **extra):
 
 def test_acl_user_over_tls_records_and_claims(tls_redis):
     conf = config.load(options(tls_redis))
-    s = store.Store(store.connect(conf), conf)
+    s = store.Store(redis_io.connect(conf), conf)
     b = s.batch()
-    s.stage_job(b, JID, store.pack({"fun": "cmd.run", "arg": [], "time": 1.0}), 1.0, ["beta"])
+    s.stage_job(b, JID, redis_io.pack({"fun": "cmd.run", "arg": [], "time": 1.0}), 1.0, ["beta"])
     b.execute()
     s.note_starts("e1", {"beta": (int(time.time() * 1000), "100")})  # every script kind over TLS + ACL
     view = s.take("e1", "beta")

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import redis
-from salt_job_retry import commands, config, store
+from salt_job_retry import commands, config, redis_io, store
 from salt_job_retry.recorder import Recorder
 from salt_job_retry.replay import EngineLoop, Replayer
 from salt_job_retry.spool import Spool
@@ -72,7 +72,7 @@ def ret_event(jid, minion):
 class Engine:
     def __init__(self, conf, spool_dir):
         self.conf = conf
-        self.store = store.Store(store.connect(conf), conf)
+        self.store = store.Store(redis_io.connect(conf), conf)
         self.recorder = Recorder(self.store, conf, Spool(str(spool_dir), 1 << 22))
         self.published = []
         replayer = Replayer(self.store, conf, self.publish, lambda d, t: None, engine="e1")

@@ -1,6 +1,6 @@
 import redis
 from conftest import JID, T0, new_event, ret_event
-from salt_job_retry.store import SHAS
+from salt_job_retry.lua import SHAS
 
 OTHER = "20261122050816467999"
 
@@ -190,7 +190,7 @@ def test_non_connection_errors_do_not_escape(h, monkeypatch, caplog):
     def boom(self):
         raise redis.exceptions.ResponseError("OOM command not allowed")
 
-    monkeypatch.setattr("salt_job_retry.store.Batch.execute", boom)
+    monkeypatch.setattr("salt_job_retry.redis_io.Batch.execute", boom)
     assert h.record(new_event()) == 0
     assert "could not record" in caplog.text
     assert h.recorder.spool.has_data()
@@ -240,7 +240,7 @@ def test_error_while_draining_keeps_the_spool_and_does_not_deadlock(h, monkeypat
     def boom(self):
         raise redis.exceptions.ResponseError("CROSSSLOT Keys in request don't hash to the same slot")
 
-    monkeypatch.setattr("salt_job_retry.store.Batch.execute", boom)
+    monkeypatch.setattr("salt_job_retry.redis_io.Batch.execute", boom)
     assert h.record(ret_event("alpha")) == 0  # returns (no deadlock), raises nothing
     assert h.recorder.spool.has_data()
     assert "could not write the spool" in caplog.text

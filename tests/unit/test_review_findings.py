@@ -11,8 +11,8 @@ import pytest
 import redis
 from conftest import JID, T0, new_event, ret_event
 from salt_job_retry import commands
+from salt_job_retry.redis_io import RedisUnavailable
 from salt_job_retry.replay import refusal_backoff_ms
-from salt_job_retry.store import RedisUnavailable
 from test_replay import (
     OLDER,
     Probe,

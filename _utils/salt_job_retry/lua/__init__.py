@@ -8,51 +8,31 @@ first call of a process, and after Redis restarted or failed over.
 """
 
 import hashlib
-
-from . import (
-    adopt,
-    flush,
-    heartbeat,
-    minion_run,
-    note_start,
-    pair,
-    record_delivery,
-    record_new,
-    record_refusal,
-    record_return,
-    release,
-    retry_claim,
-    rewind,
-    seq_set,
-    seq_take,
-    settle,
-    sweep_job,
-    take_due,
-    take_tokens,
-)
+import importlib
 
 # In the order the README lists them: recording, sweep, replay, operator, engine upkeep.
-MODULES = (
-    record_new,
-    record_return,
-    record_delivery,
-    record_refusal,
-    minion_run,
-    sweep_job,
-    note_start,
-    seq_take,
-    seq_set,
-    pair,
-    release,
-    settle,
-    flush,
-    retry_claim,
-    take_due,
-    rewind,
-    heartbeat,
-    adopt,
-    take_tokens,
+NAMES = (
+    "record_new",
+    "record_return",
+    "record_delivery",
+    "record_refusal",
+    "minion_run",
+    "sweep_job",
+    "note_start",
+    "seq_take",
+    "seq_set",
+    "pair",
+    "release",
+    "settle",
+    "flush",
+    "retry_claim",
+    "take_due",
+    "rewind",
+    "heartbeat",
+    "adopt",
+    "take_tokens",
 )
-SCRIPTS = {m.__name__.rpartition(".")[2]: m.SCRIPT for m in MODULES}
-SUMMARIES = {m.__name__.rpartition(".")[2]: m.__doc__.strip() for m in MODULES}
+MODULES = {name: importlib.import_module(f"{__name__}.{name}") for name in NAMES}
+SCRIPTS = {name: module.SCRIPT for name, module in MODULES.items()}
+SUMMARIES = {name: module.__doc__.strip() for name, module in MODULES.items()}
 SHAS = {name: hashlib.sha1(body.encode()).hexdigest() for name, body in SCRIPTS.items()}
