@@ -21,6 +21,7 @@ Configuration (master config; engine keyword arguments override the block):
       enabled: true
       redis_url: redis://127.0.0.1:6379/0
       interval: 10
+    master_job_cache: job_retry   # the returner records what this master publishes
     engines:
       - job_retry: {}
 """
@@ -70,6 +71,12 @@ def start(**kwargs):
         _idle(f"invalid configuration: {exc}")
     if not conf.enabled:
         _idle("job_retry:enabled is false")
+    if __opts__.get("master_job_cache") != "job_retry":
+        log.error(
+            "job_retry engine: master_job_cache is %r, not job_retry: no job is recorded on this master, "
+            "so none can be replayed (jobs are taken only from the master's own job cache)",
+            __opts__.get("master_job_cache"),
+        )
     store = saltside.store_for(conf, {})
     bus = salt.utils.event.get_master_event(__opts__, __opts__["sock_dir"], listen=True)
     publish = saltside.make_publisher(__opts__)

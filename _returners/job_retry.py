@@ -1,14 +1,20 @@
 """
 Record Salt jobs and returns for salt-job-retry.
 
-Used as the master's ``event_return`` returner: from ``salt/job/<jid>/new`` it
-records the job (fun, arg with kwargs, tgt, tgt_type, user, time) and merges its
-target list; from ``salt/job/<jid>/start/<id>`` (Salt 3008 ``--start-event``) that
-the minion accepted it; from ``salt/job/<jid>/ret/<id>`` that the minion returned.
-A whole batch of events costs one Redis round trip.
+As the master's ``master_job_cache`` it stands in front of Salt's own job cache
+(``job_retry:job_cache``, default ``local_cache``), hands every call on to it, and
+records what only the master itself produces: the job of each publish (fun, arg
+with kwargs, tgt, tgt_type, user, time, target list: ``save_load`` called with the
+target list, which only the master's publish path does) and each return Salt
+stored for a minion (``returner``). One Redis round trip per publish or return.
 
-Compatibility: ``event_return`` (master) and ``returner`` (``--return job_retry``,
-runs where the return is made and needs the same config there). Nothing else.
+As the master's ``event_return`` it records only the Salt 3008 start acks
+(``salt/job/<jid>/start/<id>``, ``--start-event``). Jobs and returns on the event
+bus are never recorded: any minion can fire them (``event.send``).
+
+Compatibility: ``master_job_cache``, ``event_return`` (master) and ``returner``
+(``--return job_retry``, runs where the return is made and needs the same config
+there, Redis credentials included). Nothing else.
 
 If Redis is unreachable the events are spooled to disk (``spool_dir``, bounded
 by ``spool_max_bytes``) and written when it is back; ``event_return`` never
@@ -21,6 +27,8 @@ Configuration (master config):
     job_retry:
       enabled: true
       redis_url: redis://127.0.0.1:6379/0
+      job_cache: local_cache    # Salt's job history, kept as before
+    master_job_cache: job_retry
     event_return: job_retry
 """
 
@@ -49,10 +57,8 @@ def _core():
 
 
 def __virtual__():
-    try:
-        _core()
-    except ImportError as exc:
-        return False, f"job_retry: shared package salt_job_retry (or redis/msgpack) not importable: {exc}"
+    # Always loads: as master_job_cache it must hand Salt's job history on even when the
+    # shared package is missing (a master with no job cache cannot publish at all).
     return __virtualname__
 
 
@@ -60,7 +66,12 @@ def _recorder():
     """The process's Recorder (config validated once), or None when disabled or misconfigured."""
     if "job_retry.recorder" in __context__:
         return __context__["job_retry.recorder"]
-    recorder = _core()
+    try:
+        recorder = _core()
+    except ImportError as exc:
+        log.error("job_retry returner: shared package salt_job_retry (or redis/msgpack) not importable: %s", exc)
+        __context__["job_retry.recorder"] = None
+        return None
     from salt_job_retry import saltside  # importable now that _core() succeeded
     from salt_job_retry.config import ConfigError
 
@@ -85,20 +96,128 @@ def _recorder():
     return cached
 
 
-def event_return(events):
-    """Record job and return events from the master's event bus. Never raises."""
+def _record(events, trusted):
+    """Hand events to the Recorder. Never raises."""
     try:
         recorder = _recorder()
         if recorder is not None:
-            recorder.record(events)
+            recorder.record(events, trusted=trusted)
     except Exception:  # pylint: disable=broad-except
         log.exception("job_retry returner: unexpected error; %d event(s) not recorded", len(events or ()))
 
 
+def event_return(events):
+    """Record the start acks on the master's event bus (nothing else there is trusted). Never raises."""
+    _record(events, trusted=False)
+
+
+# --- master_job_cache: every call goes on to the real job cache -----------------------
+
+
+def _cache_name():
+    """The job cache behind us; local_cache when the option is unusable (Salt's history must not stop)."""
+    name = (__opts__.get("job_retry") or {}).get("job_cache", "local_cache")
+    if not isinstance(name, str) or not name or name == __virtualname__:
+        log.error("job_retry: job_retry:job_cache %r is not a usable job cache; using local_cache", name)
+        return "local_cache"
+    return name
+
+
+def _cache(function):
+    """A function of the job cache behind us (a KeyError, as from Salt's loader, when it lacks it)."""
+    loaded = __context__.get("job_retry.job_cache")
+    if loaded is None:
+        import salt.loader
+
+        name = _cache_name()
+        returners = salt.loader.returners(__opts__, __salt__, whitelist=[name])
+        loaded = __context__["job_retry.job_cache"] = (name, returners)
+    name, returners = loaded
+    return returners[f"{name}.{function}"]
+
+
+def _on_master():
+    return __opts__.get("__role") == "master"
+
+
+def save_load(jid, clear_load, minions=None, **kwargs):
+    """
+    Save a job's load; with `minions`, it is the master publishing it: record the job.
+
+    Salt's publish path (ClearFuncs._prep_pub) is the only caller that passes the
+    target list; a minion can reach save_load only without it (a ``req`` return,
+    ``_syndic_return``).
+    """
+    if minions is not None and _on_master() and isinstance(clear_load, dict):
+        _record([_publish_event(jid, clear_load, minions)], trusted=True)
+    elif minions is None and _cache_name() == "local_cache" and _cache("get_load")(jid):
+        # Salt's store_job skips this for local_cache only; behind us it cannot tell.
+        return None
+    return _cache("save_load")(jid, clear_load, minions, **kwargs)
+
+
+def _publish_event(jid, load, minions):
+    # the fields of Salt's own salt/job/<jid>/new event; stamped now, on this master's clock
+    data = {key: load.get(key) for key in ("tgt_type", "tgt", "user", "fun", "arg")}
+    data.update(jid=jid, minions=list(minions))
+    return {"tag": f"salt/job/{jid}/new", "data": data}
+
+
 def returner(ret):
-    """Record one minion's return (``--return job_retry``). Never raises."""
+    """
+    Record one minion's return: on the master, as its job cache (Salt's store_job,
+    after it authenticated the minion), and hand it on; elsewhere ``--return job_retry``.
+    Recording never raises.
+    """
     if not isinstance(ret, dict):
         log.warning("job_retry returner: ignoring a return that is not a mapping")
-        return
-    tag = f"salt/job/{ret.get('jid')}/ret/{ret.get('id')}"
-    event_return([{"tag": tag, "data": ret}])
+    else:
+        _record([{"tag": f"salt/job/{ret.get('jid')}/ret/{ret.get('id')}", "data": ret}], trusted=True)
+    if _on_master():
+        return _cache("returner")(ret)
+    return None
+
+
+def prep_jid(nocache=False, passed_jid=None, **kwargs):
+    return _cache("prep_jid")(nocache=nocache, passed_jid=passed_jid, **kwargs)
+
+
+def save_minions(jid, minions, syndic_id=None):
+    # Salt calls it for a minion's batched event naming "minions" too: never recorded.
+    return _cache("save_minions")(jid, minions, syndic_id=syndic_id)
+
+
+def get_load(jid):
+    return _cache("get_load")(jid)
+
+
+def get_jid(jid):
+    return _cache("get_jid")(jid)
+
+
+def get_jids():
+    return _cache("get_jids")()
+
+
+def get_jids_filter(count, filter_find_job=True):
+    return _cache("get_jids_filter")(count, filter_find_job)
+
+
+def clean_old_jobs():
+    return _cache("clean_old_jobs")()
+
+
+def update_endtime(jid, time):
+    return _cache("update_endtime")(jid, time)
+
+
+def get_endtime(jid):
+    return _cache("get_endtime")(jid)
+
+
+def save_reg(data):
+    return _cache("save_reg")(data)
+
+
+def load_reg():
+    return _cache("load_reg")()

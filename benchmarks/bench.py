@@ -285,7 +285,7 @@ class Bench:
             jids = [f"2026112207{i:010d}" for i in range(owed)]
 
             def setup(jids=jids):
-                recorder.record([new_event(j, ["web3", "web4"], old) for j in jids])
+                recorder.record([new_event(j, ["web3", "web4"], old) for j in jids], trusted=True)
                 self.store.sweep()
                 return int(time.time() * 1000)
 
@@ -502,13 +502,13 @@ class EngineBench:
         b.flush()
         published = time.time() - 60
         stamp = datetime.datetime.fromtimestamp(published, datetime.timezone.utc).isoformat()
-        recorder.record([new_event(f"20261122100{i:09d}", ["web1"], stamp) for i in range(jobs)])
+        recorder.record([new_event(f"20261122100{i:09d}", ["web1"], stamp) for i in range(jobs)], trusted=True)
         st.sweep()
         sent: list[str] = []
 
         def publish(minion, jid, job, attempt, extra=None):
             sent.append(jid)
-            recorder.record([ret_event(jid, minion)])  # the minion answers at once
+            recorder.record([ret_event(jid, minion)], trusted=True)  # the minion answers at once
 
         replayer = Replayer(st, conf, publish, lambda *a: None, engine="bench")
         st.note_starts("bench", {"web1": (int(time.time() * 1000), "4242")})
@@ -550,7 +550,7 @@ def restart(bench: Bench, minions: int, jobs: int) -> None:
 
     def setup():
         for i in range(jobs):
-            recorder.record([new_event(f"20261122110{i:09d}", ids, before)])
+            recorder.record([new_event(f"20261122110{i:09d}", ids, before)], trusted=True)
         return [start_event(m, 1000 + n, now) for n, m in enumerate(ids)]
 
     def ours(events):

@@ -125,6 +125,9 @@ job_retry:
   # Jobs whose packed arguments are larger are not recorded (status says why). (integer >= 1024)
   max_job_bytes: 1048576
 
+  # The job cache that keeps Salt's job history when `master_job_cache: job_retry` stands in front of it. (returner name other than job_retry)
+  job_cache: local_cache
+
   # Where events wait while Redis is unreachable (default: <cachedir>/job_retry). (path string)
   # spool_dir:
 

@@ -399,7 +399,8 @@ class Lab:
             "file_roots": {"base": [str(self.path("srv"))]},
             "gather_job_timeout": 3,  # P4/P17
             "job_retry": job_retry,
-            "event_return": "job_retry",
+            "master_job_cache": "job_retry",  # jobs and returns: from the master's own job cache
+            "event_return": "job_retry",  # 3008 start acks
             "engines": [{"job_retry": {}}],
         }
         if self.install == "dirs":

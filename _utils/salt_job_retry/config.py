@@ -253,6 +253,13 @@ OPTIONS: tuple[Option, ...] = (
         "Jobs whose packed arguments are larger are not recorded (status says why).",
     ),
     Option(
+        "job_cache",
+        "local_cache",
+        "returner name other than job_retry",
+        lambda v: isinstance(v, str) and bool(v) and v != "job_retry",
+        "The job cache that keeps Salt's job history when `master_job_cache: job_retry` stands in front of it.",
+    ),
+    Option(
         "spool_dir",
         None,
         "path string",
@@ -303,6 +310,7 @@ class Config:
     replay_on_presence: bool = False
     retry_ping_timeout: float = 5
     max_job_bytes: int = 1048576
+    job_cache: str = "local_cache"
     spool_dir: str | None = None
     spool_max_bytes: int = 67108864
     warnings: tuple[str, ...] = field(default=(), compare=False)

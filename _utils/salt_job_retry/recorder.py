@@ -4,6 +4,12 @@ Turning Salt's job events into job_retry state (the returner's work).
 One call of ``Recorder.record(events)`` is one Redis round trip, whatever the
 batch size. It never raises: what could not be written (Redis down) goes to a
 bounded on-disk spool and is written first on a later call (or by the engine).
+
+Trust: a job (``new``) and a return (``ret``) are recorded only when the master's
+own job cache hands them over (``trusted=True``: the publish path, Salt's
+``store_job``). The event bus carries what any minion can fire with any tag and
+body (``event.send``, batched events), so from the bus only the 3008 start acks
+are taken, and a ``new`` or ``ret`` a minion sent is logged and dropped.
 """
 
 from __future__ import annotations
@@ -27,6 +33,12 @@ log = logging.getLogger(__name__)
 JID_RE = re.compile(r"^[0-9A-Za-z_.-]{1,128}$")
 CONTROL_CHARS = re.compile(r"[\x00-\x1f]")
 MAX_MINION_ID = 512
+# Spool-internal mark of an event the master's job cache handed over. The spool is
+# a local file only this package writes; bus events never get the mark.
+TRUSTED = "job_cache:"
+ACK_RE = re.compile(r"^salt/job/[^/]+/start/[^/]+$")
+UNTRUSTED_RE = re.compile(r"^salt/job/[^/]+/(new|ret/.+)$")
+REJECT_LOG_EVERY = 60.0  # seconds between two log lines about rejected bus events
 
 
 def valid_jid(jid: Any) -> bool:
@@ -137,17 +149,49 @@ class Recorder:
         self._new_jobs: list[tuple[int, str]] = []  # (batch index of record_new, jid)
         self._wanted: dict[str, bool] = {}
         self._spooled = spool.has_data()  # else one stat() per call; only we append to it
+        self._rejected = 0  # bus events dropped since the last log line about them
+        self._rejected_logged = 0.0
+
+    def from_bus(self, tag: Any, data: Any) -> bool:
+        """Whether a bus event may be recorded: only acks. A job or return a minion sent is logged."""
+        if not isinstance(tag, str):
+            return False
+        if ACK_RE.match(tag):
+            return True
+        if UNTRUSTED_RE.match(tag) and isinstance(data, dict) and data.get("cmd") == "_minion_event":
+            self._reject(tag, data.get("id"))
+        return False
+
+    def _reject(self, tag: str, sender: Any) -> None:
+        """Log a forged job/return event, at most one line a minute (a minion can fire thousands)."""
+        self._rejected += 1
+        now = time.monotonic()
+        if now - self._rejected_logged < REJECT_LOG_EVERY:
+            return
+        more = f" ({self._rejected - 1} more since the last report)" if self._rejected > 1 else ""
+        log.warning(
+            "job_retry: ignored %s fired by minion %r: jobs and returns are recorded from the "
+            "master's job cache, never from the event bus%s",
+            tag,
+            sender,
+            more,
+        )
+        self._rejected, self._rejected_logged = 0, now
 
     def stage(self, batch: Batch, tag: Any, data: Any) -> bool:
         """Add the writes one event needs to batch. Returns whether it was relevant."""
-        if not isinstance(tag, str) or not tag.startswith("salt/job/") or not isinstance(data, dict):
+        if not isinstance(tag, str) or not isinstance(data, dict):
+            return False
+        trusted = tag.startswith(TRUSTED)
+        tag = tag[len(TRUSTED) :] if trusted else tag
+        if not tag.startswith("salt/job/"):
             return False
         # salt/job/<jid>/new | salt/job/<jid>/ret/<id> | salt/job/<jid>/start/<id>
         parts = tag.split("/", 4)
         if len(parts) == 4 and parts[3] == "new":
-            return self._stage_new(batch, parts[2], data)
+            return trusted and self._stage_new(batch, parts[2], data)
         if len(parts) == 5 and parts[3] == "ret":
-            return self._stage_ret(batch, parts[2], parts[4], data)
+            return trusted and self._stage_ret(batch, parts[2], parts[4], data)
         if len(parts) == 5 and parts[3] == "start":
             return self._stage_ack(batch, parts[2], parts[4], data)
         return False
@@ -229,11 +273,22 @@ class Recorder:
         for action, jid, minion, extra in notices:
             fire_action(self.fire, action, jid, minion, **extra)
 
-    def record(self, events: Iterable[Any]) -> int:
-        """Write the relevant events (after anything spooled). Returns how many were written."""
-        fresh = [(e.get("tag"), e.get("data")) for e in events or () if isinstance(e, dict)]
+    def record(self, events: Iterable[Any], trusted: bool = False) -> int:
+        """
+        Write the relevant events (after anything spooled). Returns how many were written.
+
+        trusted: the events come from the master's job cache (its publish path and
+        ``store_job``), not from the event bus; only then are jobs and returns taken.
+        """
+        events = [e for e in events or () if isinstance(e, dict)]
+        if trusted:
+            fresh = [(TRUSTED + e["tag"], e.get("data")) for e in events if isinstance(e.get("tag"), str)]
+        else:
+            fresh = [(e.get("tag"), e.get("data")) for e in events if self.from_bus(e.get("tag"), e.get("data"))]
         if self._spooled and not self.flush_spool():
             self._spool(fresh, None)
+            return 0
+        if not fresh:
             return 0
         return self._write(fresh, spool_on_failure=True)
 
@@ -293,7 +348,7 @@ class Recorder:
             return False
 
     def _spool(self, events: list, exc: Exception | None) -> None:
-        relevant = [(t, d) for t, d in events if isinstance(t, str) and t.startswith("salt/job/")]
+        relevant = [(t, d) for t, d in events if isinstance(t, str) and t.startswith(("salt/job/", TRUSTED))]
         if not relevant:
             return
         self._spooled = True

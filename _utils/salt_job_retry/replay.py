@@ -244,6 +244,18 @@ class Replayer:
         return queued
 
 
+def is_plain_highstate(data: dict) -> bool:
+    """
+    A highstate without arguments: the only run a minion starts itself that we may owe it.
+
+    Its refusal comes from the bus or a ``req`` return, both of which another minion can
+    forge (event.send, _syndic_return): a highstate runs only what the master's top file
+    gives that minion, so a forgery can at worst make it apply that once more.
+    """
+    args = data.get("fun_args")
+    return data.get("fun") in ("state.highstate", "state.apply") and not args
+
+
 def minion_run_job(minion: str, data: dict) -> dict:
     """A job record for a run the minion started itself, from its return."""
     args = data.get("fun_args")
@@ -276,6 +288,9 @@ class EngineLoop:
     EVENTS_PER_PASS = 1000
     MINION_RUN_AFTER = 5.0  # a refused run still unknown by then was started by the minion itself
     RECHECK_WAITING = 30.0  # a replay in flight is looked at this often, in case its return event was missed
+    # A return or ack on the bus is only a hint (anyone can fire it): Redis says whether it
+    # happened, once Salt's store_job has handed it to us, just after the bus event.
+    HINT_RECHECKS_MS = (200, 1000, 5000)
 
     def __init__(
         self,
@@ -309,6 +324,7 @@ class EngineLoop:
         self.minion_runs: dict[tuple[str, str], tuple[float, dict]] = {}  # refused by our replay: (after, job)
         self.woken: set[str] = set()
         self.waiting: dict[str, tuple[str, ...]] = {}  # minion -> jids whose return wakes it
+        self.hinted: dict[str, int] = {}  # minion -> re-checks done since a return/ack hint
         self.unverified: dict[str, int] = {}  # minion -> probe failures, for adopted/unidentified ones
         self.backoff = 0.0
         self.rewound = False  # what the minions on our work set wait for died with the last process
@@ -355,8 +371,9 @@ class EngineLoop:
             return
         jid, minion = parts[2], parts[4]
         if jid in self.waiting.get(minion, ()):
-            self.noted.append({"tag": tag, "data": data})
+            self.noted.append({"tag": tag, "data": data})  # only an ack is written from the bus
             self.woken.add(minion)
+            self.hinted[minion] = 0
             if parts[3] == "start":
                 self.acked.add(minion)
         elif parts[3] == "ret" and is_refusal(data):
@@ -365,7 +382,7 @@ class EngineLoop:
             self.refused.setdefault(pair, self.clock() + self.REFUSAL_KEEP)
             fun = data.get("fun")
             wanted = isinstance(fun, str) and (self.recorder is None or self.recorder.wanted(fun))
-            if wanted and refused_by(data) & set(self.waiting.get(minion, ())):
+            if wanted and is_plain_highstate(data) and refused_by(data) & set(self.waiting.get(minion, ())):
                 self.minion_runs[pair] = (self.clock() + self.MINION_RUN_AFTER, minion_run_job(minion, data))
 
     def _wait(self) -> float:
@@ -487,6 +504,12 @@ class EngineLoop:
         due = step.due_ms
         if due is not None and step.waiting_for:  # a missed return event costs seconds, not replay_wait
             due = min(due, redis_now + int(self.RECHECK_WAITING * 1000))
+            done = self.hinted.get(minion)
+            if done is not None and done < len(self.HINT_RECHECKS_MS):
+                due = min(due, redis_now + self.HINT_RECHECKS_MS[done])
+                self.hinted[minion] = done + 1
+        if due is None or not step.waiting_for or self.hinted.get(minion, 0) >= len(self.HINT_RECHECKS_MS):
+            self.hinted.pop(minion, None)
         self.store.schedule(self.engine, minion, due)
         if step.held_by:  # the engine holding the sequence acts on it (a return, a refusal)
             self.store.wake([minion], None)

@@ -60,7 +60,7 @@ def prefix():
 def test_two_engines_one_redis_replay_once(redis_only, tmp_path, fault_matrix):
     p = prefix()
     first, second = InProcessEngine(redis_only, tmp_path, p), InProcessEngine(redis_only, tmp_path, p, engine="e2")
-    first.recorder.record([new_event("20261122070000000001", ["beta"])])
+    first.recorder.record([new_event("20261122070000000001", ["beta"])], trusted=True)
     stamp = datetime.datetime.now(datetime.timezone.utc).isoformat()
     first.start_event("beta", stamp)
     for _ in range(3):
@@ -77,7 +77,7 @@ def test_two_engines_one_redis_replay_once(redis_only, tmp_path, fault_matrix):
 def test_engine_killed_between_claim_and_publish(redis_only, tmp_path, fault_matrix):
     p = prefix()
     doomed, survivor = InProcessEngine(redis_only, tmp_path, p), InProcessEngine(redis_only, tmp_path, p)
-    doomed.recorder.record([new_event("20261122070000000002", ["beta"])])
+    doomed.recorder.record([new_event("20261122070000000002", ["beta"])], trusted=True)
     doomed.crash = True
     doomed.start_event("beta")
     with contextlib.suppress(KeyboardInterrupt):
@@ -99,7 +99,7 @@ def test_engine_killed_between_claim_and_publish(redis_only, tmp_path, fault_mat
 def test_fleet_back_at_once_is_rate_limited_and_complete(redis_only, tmp_path, fault_matrix):
     engine = InProcessEngine(redis_only, tmp_path, prefix(), max_replays_per_second=100)
     fleet = [f"m{i:04d}" for i in range(300)]
-    engine.recorder.record([new_event("20261122070000000003", fleet)])
+    engine.recorder.record([new_event("20261122070000000003", fleet)], trusted=True)
     for minion in fleet:
         engine.start_event(minion)
     began = time.monotonic()

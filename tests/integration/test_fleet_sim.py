@@ -33,12 +33,14 @@ def test_fleet_of_10000_comes_back_in_a_burst(redis_only, tmp_path, capsys):
     began = time.monotonic()
     for jid in jids:  # published an hour ago; the up minions returned, the down ones did not
         base = {"jid": jid, "fun": "state.apply", "arg": ["web"], "tgt": "*", "tgt_type": "glob", "user": "root"}
-        recorder.record([{"tag": f"salt/job/{jid}/new", "data": {**base, "minions": fleet, "_stamp": stamp(3600)}}])
+        recorder.record(
+            [{"tag": f"salt/job/{jid}/new", "data": {**base, "minions": fleet, "_stamp": stamp(3600)}}], trusted=True
+        )
         for i in range(0, len(up), 100):
             rets = [
                 {"tag": f"salt/job/{jid}/ret/{m}", "data": {"id": m, "fun": "state.apply"}} for m in up[i : i + 100]
             ]
-            recorder.record(rets)
+            recorder.record(rets, trusted=True)
     recorded = time.monotonic() - began
 
     published = []

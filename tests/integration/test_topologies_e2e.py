@@ -137,7 +137,9 @@ def test_replay_scenario_on_a_3_node_cluster(cluster, tmp_path):
     down = minions[::10]
     jids = [f"2026112210{i:010d}" for i in range(40)]  # 40 jobs: their keys spread over every node
     for jid in jids:
-        engine.recorder.record([new_event(jid, minions)] + [ret_event(jid, m) for m in minions if m not in down])
+        engine.recorder.record(
+            [new_event(jid, minions)] + [ret_event(jid, m) for m in minions if m not in down], trusted=True
+        )
     assert not engine.recorder.spool.has_data()  # every write went through: no CROSSSLOT
     assert len(engine.loop.replayer.sweep()) == len(down) * len(jids)
 
@@ -193,14 +195,14 @@ def test_sentinel_failover_mid_run_loses_nothing(sentinel, tmp_path):
     engine = Engine(conf, tmp_path / "spool")
     before = [f"2026112211{i:010d}" for i in range(10)]
     for jid in before:
-        engine.recorder.record([new_event(jid, ["alpha", "beta"]), ret_event(jid, "alpha")])
+        engine.recorder.record([new_event(jid, ["alpha", "beta"]), ret_event(jid, "alpha")], trusted=True)
     master = redis.Redis(port=sentinel["master_port"])
     assert master.execute_command("WAIT", 1, 2000) == 1  # the replica has it all
 
     os.killpg(sentinel["master"].pid, signal.SIGKILL)  # the master dies mid-run
     during = [f"2026112212{i:010d}" for i in range(10)]
     for jid in during:  # recorded while there is no master: spooled
-        engine.recorder.record([new_event(jid, ["alpha", "beta"]), ret_event(jid, "alpha")])
+        engine.recorder.record([new_event(jid, ["alpha", "beta"]), ret_event(jid, "alpha")], trusted=True)
     engine.start("beta")  # beta comes back during the failover
     began = time.monotonic()
     done = engine.run_until(lambda: len(engine.published) >= 20, timeout=45)

@@ -47,7 +47,7 @@ def test_skew_is_measured_against_redis(masters):
 
 def test_job_published_by_a_master_an_hour_ahead_is_replayed_after_a_restart(masters):
     ahead, true = masters
-    ahead.recorder.record([new_event(minions=["beta"], when=ahead.stamp())])  # beta was down
+    ahead.recorder.record([new_event(minions=["beta"], when=ahead.stamp())], trusted=True)  # beta was down
     time.sleep(0.01)
     start = true.store.now()  # beta restarts; the master with the true clock sees it
     true.store.note_starts("true", {"beta": (int(start * 1000), "100")})
@@ -62,6 +62,6 @@ def test_job_published_after_the_start_on_a_master_behind_is_not_replayed(master
     start = ahead.store.aligned(ahead.stamp())  # beta connected, seen by the master ahead
     ahead.store.note_starts("ahead", {"beta": (int(start * 1000), "100")})
     time.sleep(0.01)
-    behind.recorder.record([new_event(minions=["beta"], when=behind.stamp())])  # Salt delivered it
+    behind.recorder.record([new_event(minions=["beta"], when=behind.stamp())], trusted=True)  # Salt delivered it
     assert ahead.replayer.step("beta").published == ""
     assert ahead.published == []

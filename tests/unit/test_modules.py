@@ -50,10 +50,39 @@ def test_runner_on_enabled_store(server):
     assert runner.enqueue() == {"queued": {}, "count": 0}
 
 
+class FakeJobCache(dict):
+    """Salt's job cache behind the returner: every call is noted, loads are kept."""
+
+    def __init__(self):
+        super().__init__()
+        self.calls, self.loads = [], {}
+        for name in ("prep_jid", "returner", "save_minions", "get_jid", "get_jids", "clean_old_jobs"):
+            self[f"local_cache.{name}"] = self._noting(name)
+        self["local_cache.save_load"] = self._save_load
+        self["local_cache.get_load"] = lambda jid: self.loads.get(jid, {})
+
+    def _noting(self, name):
+        return lambda *args, **kwargs: self.calls.append((name, args, kwargs)) or name
+
+    def _save_load(self, jid, load, minions=None):
+        self.calls.append(("save_load", (jid, load, minions), {}))
+        self.loads[jid] = load
+
+
+def master_returner(server):
+    opts, context = enabled_context(server)
+    opts["__role"] = "master"
+    cache = FakeJobCache()
+    context["job_retry.job_cache"] = ("local_cache", cache)
+    return load("returners", opts=opts, context=context, salt={}), cache
+
+
 def test_returner_records_and_never_raises(server):
     opts, context = enabled_context(server)
+    opts["__role"] = "master"
+    context["job_retry.job_cache"] = ("local_cache", FakeJobCache())
     returner = load("returners", opts=opts, context=context, salt={})
-    returner.event_return([new_event(minions=["alpha"])])
+    returner.save_load(JID, new_event(minions=["alpha"])["data"], ["alpha"])  # the master publishing
     returner.returner(ret_event("alpha")["data"])
     returner.event_return([None, {"tag": 5}, "junk"])
     returner.event_return(None)
@@ -79,6 +108,62 @@ def test_returner_bad_config_logs_once(caplog):
 def test_returner_reads_config_get_where_opts_lack_it(server):
     _, context = enabled_context(server)
     config_get = {"config.get": lambda key: {"enabled": True} if key == "job_retry" else None}
-    returner = load("returners", opts={}, context=context, salt=config_get)
-    returner.event_return([new_event(minions=["alpha"])])
-    assert fakeredis.FakeRedis(server=server).exists(f"job_retry:{{{JID}}}:targets")
+    master, _ = master_returner(server)
+    master.save_load(JID, new_event(minions=["alpha"])["data"], ["alpha"])
+    returner = load("returners", opts={}, context=context, salt=config_get)  # a minion's --return job_retry
+    returner.returner(ret_event("alpha")["data"])
+    assert fakeredis.FakeRedis(server=server).exists(f"job_retry:{{{JID}}}:returned")
+
+
+def test_job_cache_records_only_the_masters_publish(server):
+    returner, cache = master_returner(server)
+    client = fakeredis.FakeRedis(server=server)
+    load_ = {"fun": "cmd.run", "arg": ["id"], "tgt": "alpha", "tgt_type": "glob", "user": "root", "jid": JID}
+    returner.save_load(JID, load_)  # _syndic_return / a minion's `req` return: no target list
+    assert not client.exists(f"job_retry:{{{JID}}}:job") and cache.loads[JID] == load_
+    returner.save_load(JID, load_, ["alpha"])  # ClearFuncs._prep_pub: the master publishing
+    assert client.smembers(f"job_retry:{{{JID}}}:targets") == {b"alpha"}
+    assert [c[0] for c in cache.calls] == ["save_load", "save_load"]
+
+
+def test_job_cache_keeps_a_saved_load_as_salts_store_job_does_for_local_cache(server):
+    returner, cache = master_returner(server)
+    returner.save_load(JID, {"fun": "state.apply", "tgt": "*"}, ["alpha"])
+    returner.save_load(JID, {"fun": "cmd.run", "id": "alpha", "return": "x"})  # store_job, per return
+    assert cache.loads[JID] == {"fun": "state.apply", "tgt": "*"}
+
+
+def test_job_cache_records_a_stored_return_and_hands_it_on(server):
+    returner, cache = master_returner(server)
+    returner.save_load(JID, {"fun": "cmd.run", "arg": [], "tgt": "alpha", "tgt_type": "glob"}, ["alpha"])
+    assert returner.returner(ret_event("alpha")["data"]) == "returner"
+    assert fakeredis.FakeRedis(server=server).smembers(f"job_retry:{{{JID}}}:returned") == {b"alpha"}
+    assert returner.get_jid(JID) == "get_jid" and returner.prep_jid(passed_jid=JID) == "prep_jid"
+    assert returner.save_minions(JID, ["beta"], syndic_id="beta") == "save_minions"
+    assert not fakeredis.FakeRedis(server=server).sismember(f"job_retry:{{{JID}}}:targets", "beta")
+
+
+def test_job_cache_keeps_salts_history_when_job_retry_is_disabled():
+    cache = FakeJobCache()
+    opts = {"job_retry": {"enabled": False}, "__role": "master"}
+    returner = load("returners", opts=opts, context={"job_retry.job_cache": ("local_cache", cache)}, salt={})
+    returner.save_load(JID, {"fun": "test.ping"}, ["alpha"])
+    returner.returner(ret_event("alpha")["data"])
+    assert [c[0] for c in cache.calls] == ["save_load", "returner"]
+
+
+def test_job_cache_refuses_itself_as_the_cache_behind_it(caplog):
+    returner = load("returners", opts={"job_retry": {"job_cache": "job_retry"}}, context={}, salt={})
+    assert returner._cache_name() == "local_cache" and "not a usable job cache" in caplog.text
+
+
+def test_event_return_ignores_jobs_and_returns_on_the_bus_and_names_the_sender(server, caplog):
+    opts, context = enabled_context(server)
+    returner = load("returners", opts=opts, context=context, salt={})
+    forged = new_event(minions=["alpha"], fun="cmd.run", arg=["touch /tmp/pwned"])
+    sent_by_beta = {"tag": forged["tag"], "data": {**forged["data"], "cmd": "_minion_event", "id": "beta"}}
+    batched = forged  # a batched event with pretag "": the body is exactly what beta chose
+    returner.event_return([sent_by_beta, batched, ret_event("alpha")])
+    client = fakeredis.FakeRedis(server=server)
+    assert not client.exists(f"job_retry:{{{JID}}}:job", f"job_retry:{{{JID}}}:returned")
+    assert f"ignored salt/job/{JID}/new fired by minion 'beta'" in caplog.text

@@ -616,6 +616,12 @@ class Feed:
         return self.events.pop(0) if self.events else None
 
 
+def salt_stores(h, loop, event):
+    """What Salt's store_job does with a minion's return: the bus event, then the job cache (us)."""
+    loop.feed.events.append(event)
+    h.record(event)
+
+
 def loop_for(h, events, interval=100.0, engine="e1", **kwargs):
     clock = [0.0]
     sleeps = []
@@ -737,7 +743,7 @@ def test_loop_wakes_the_minion_on_the_return_and_sends_the_next_in_the_same_pass
     assert h.published == [("beta", OLDER, "cmd.run", 1)]
     loop.step()
     assert len(h.published) == 1  # OLDER is waited for
-    loop.feed.events.append(replay_ret("beta", OLDER))  # the returner may not have written it yet
+    salt_stores(h, loop, replay_ret("beta", OLDER))
     loop.step()
     assert h.published == [("beta", OLDER, "cmd.run", 1), ("beta", JID, "cmd.run", 1)]
     assert state(h, OLDER)["state"] == "returned"
@@ -759,7 +765,7 @@ def test_loop_refusal_of_the_original_publish_is_sent_again(h):
     loop, clock, _ = loop_for(h, [start_event("beta", when=T0 - 60)], recorder=h.recorder)
     loop.step()  # beta is connected, nothing owed
     assert h.published == []
-    loop.feed.events.append(refusal_event("beta"))
+    salt_stores(h, loop, refusal_event("beta"))
     for i in range(1, 4):  # within a few seconds, whatever the backoff
         loop.step()
         clock[0] = i * 1.0
@@ -774,7 +780,7 @@ def test_loop_refusal_of_the_replay_in_flight_is_sent_again_after_the_backoff(h)
     loop, clock, _ = loop_for(h, [start_event("beta", when=T0 + 1)], recorder=h.recorder)
     loop.step()
     assert h.published == [("beta", JID, "state.apply", 1)]
-    loop.feed.events.append(refusal_event("beta"))
+    salt_stores(h, loop, refusal_event("beta"))
     loop.step()
     assert len(h.published) == 1 and state(h, JID)["state"] == "refused"
     for i in range(1, 5):
@@ -891,7 +897,7 @@ def test_loop_ack_then_return_of_a_fresh_jid_re_send_moves_the_sequence_on(h):
     loop, clock, _ = loop_for(h, [start_event("beta", when=T0 + 1)], recorder=h.recorder)
     loop.step()
     assert h.published == [("beta", OLDER, "state.apply", 1)]
-    loop.feed.events.append(refusal_event("beta", jid=OLDER))
+    salt_stores(h, loop, refusal_event("beta", jid=OLDER))
     loop.step()
     for i in range(1, 6):  # the backoff passes: OLDER goes out again under a fresh jid
         clock[0] = i * 0.5
@@ -901,7 +907,7 @@ def test_loop_ack_then_return_of_a_fresh_jid_re_send_moves_the_sequence_on(h):
     assert fresh != OLDER and len(h.published) == 2
     loop.feed.events.append(ack_event("beta", jid=fresh, metadata={"job_retry": {"orig_jid": OLDER}}))
     loop.step()
-    loop.feed.events.append(replay_ret("beta", fresh, orig=OLDER, fun="state.apply"))
+    salt_stores(h, loop, replay_ret("beta", fresh, orig=OLDER, fun="state.apply"))
     loop.step()
     assert h.published[2:] == [("beta", JID, "state.apply", 1)]  # at once, not after replay_wait
 
@@ -971,7 +977,7 @@ def test_loop_startup_run_refused_by_our_replay_is_owed_after_it(h):
     h.clock.advance(EngineLoop.MINION_RUN_AFTER + 1)
     loop.step()
     assert h.store.job(own)["fun"] == "state.highstate" and state(h, own)["state"] == "refused"
-    loop.feed.events.append(replay_ret("beta", OLDER))
+    salt_stores(h, loop, replay_ret("beta", OLDER))
     loop.step()
     clock[0] += 5
     h.clock.advance(5)

@@ -131,6 +131,7 @@ def test_f2_refusal_seen_before_new_is_written_is_sent_again(h):
     assert len(h.published) == 1 and len(resent) == 1 and resent[0][0] != JID
     assert not loop.refused
     loop.feed.events.append(replay_ret("beta", resent[0][0], orig=JID, fun="state.apply"))
+    h.record(loop.feed.events[-1])  # Salt's store_job: the bus event, then the job cache
     run_loops(h, [(loop, clock)], 60, start=31)
     assert len(h.published) == 1 and state(h, JID)["state"] == "returned" and queue(h) == []
 
@@ -212,6 +213,7 @@ def test_f7_refusal_at_the_non_owner_engine_wakes_the_owner(h):
     assert h.store.sequence("beta")["owner"] == "e1" and h.redis.zcard(h.store.keys.active("e1")) == 0
     h.record(new_event(minions=["beta"], fun="state.apply", arg=[]))  # published via master 2, beta busy
     l2, c2, _ = loop_for(h, [refusal_event("beta")], engine="e2", recorder=h.recorder, interval=5)
+    h.record(refusal_event("beta"))  # master 2's store_job: the bus event, then the job cache
     l2.step()
     run_loops(h, [(l1, c1), (l2, c2)], 60)
     resent = published_after_refusal(h)
