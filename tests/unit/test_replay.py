@@ -1048,3 +1048,17 @@ def test_loop_minion_run_survives_a_redis_blip_while_it_is_recorded(h, monkeypat
     clock[0] += 31  # the loop's backoff
     loop.step()
     assert h.store.job(own) is not None and state(h, own)["state"] == "refused"
+
+
+def test_a_refused_run_re_sent_to_a_minion_that_never_gets_it_stops_at_max_refusals(make):
+    h = make(replay_wait=30, max_attempts=3, max_refusals=4)
+    owed_jobs(h, JID, fun="state.apply", arg=[])
+    h.start("beta")
+    assert len(h.drive("beta")) == 1
+    h.store.seq_set("e1", "beta", acks="1")  # beta acknowledges replays (3008 start events)
+    h.record(refusal_event("beta"))  # refused; then beta freezes: no re-send ever reaches it
+    for _ in range(40):  # 20 minutes of replay_wait periods
+        h.clock.advance(31)
+        h.drive("beta")
+    assert len(h.published) <= 3 + 4  # every publish counted as an attempt or a refusal
+    assert state(h, JID)["state"] == "exhausted"

@@ -75,9 +75,15 @@ if state == 'refused' then
   return {'claimed', n, job, 'refusal', pub}
 end
 if mode == 'again' and state == 'sent' and c > 0 then
-  -- sent again after a refusal: the original jid would be dropped, so a fresh one, as a refusal
+  -- sent again after a refusal: the original jid would be dropped, so a fresh one, as a refusal.
+  -- It counts as one: a re-send that never reaches the minion must not go out forever.
+  if c >= tonumber(ARGV[9]) then
+    redis.call('HSET', r, 'x:' .. m, 'exhausted')
+    redis.call('PEXPIRE', r, ttl)
+    return {'exhausted', n}
+  end
   local pub = pub_jid(ARGV[12] ~= '' and ARGV[12] or ARGV[14])
-  redis.call('HSET', r, 't:' .. m, now, 'j:' .. m, pub)
+  redis.call('HSET', r, 'c:' .. m, c + 1, 't:' .. m, now, 'j:' .. m, pub)
   redis.call('HDEL', r, 'd:' .. m, 'u:' .. m)
   redis.call('PEXPIRE', r, ttl)
   return {'claimed', n, job, 'refusal', pub}
