@@ -486,9 +486,10 @@ class Store:
         return [_text(m) for m in guard(self.conf, self.client.zrange, self.keys.active(engine), 0, -1)]
 
     def owners(self, minions: list[str]) -> dict[str, str]:
-        """The engine holding each minion's sequence ('' if none)."""
-        found = self.run(lambda b: [b.call("HGET", self.keys.seq(m), "owner") for m in minions]) if minions else []
-        return {m: _text(o) if o else "" for m, o in zip(minions, found, strict=True)}
+        """The engine serving each minion ('' if none): that of its newest connection, else the holder."""
+        seq = self.keys.seq
+        found = self.run(lambda b: [b.call("HMGET", seq(m), "via", "owner") for m in minions]) if minions else []
+        return {m: _text(via or owner or b"") for m, (via, owner) in zip(minions, found, strict=True)}
 
     def heartbeat(self, engine: str, dead_after_ms: int) -> list[str]:
         """Say this engine is alive; returns the engines that have gone silent."""

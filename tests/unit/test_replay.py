@@ -535,6 +535,8 @@ def test_engine_crash_mid_sequence_another_engine_continues_it(h):
     assert h.drive("beta", engine="e1") == [("beta", OLDER, "cmd.run", 1)]
     assert h.step("beta", engine="e2") == Step(held_by="e1")  # e1 holds the sequence
     h.clock.advance(h.conf.claim_lease + 1)  # e1 stopped
+    assert h.step("beta", engine="e2") == Step(held_by="e1")  # no proof beta is connected to e2
+    assert h.store.note_starts("e2", {"beta": (0, "100")}) == {"beta": ["same"]}  # it answered e2's probe
     assert h.drive("beta", engine="e2") == []  # OLDER is in flight: waited for, not sent again
     assert h.store.sequence("beta")["owner"] == "e2" and h.store.sequence("beta")["cur"] == OLDER
     assert h.last_step.due_ms > h.now_ms() and OLDER in h.last_step.waiting_for
@@ -554,6 +556,7 @@ def test_engine_dying_between_claim_and_publish_is_sent_after_the_lease(h):
     h.publish_error = None
     assert h.step("beta", engine="e2") == Step(held_by="e1")
     h.clock.advance(h.conf.claim_lease + 1)
+    h.store.note_starts("e2", {"beta": (0, "100")})  # beta answered e2's probe: connected to it
     assert h.drive("beta", engine="e2") == [("beta", JID, "cmd.run", 2)]
     assert h.drive("beta", engine="e2") == []
 
@@ -1062,3 +1065,47 @@ def test_a_refused_run_re_sent_to_a_minion_that_never_gets_it_stops_at_max_refus
         h.drive("beta")
     assert len(h.published) <= 3 + 4  # every publish counted as an attempt or a refusal
     assert state(h, JID)["state"] == "exhausted"
+
+
+# -- the sequence follows the process's newest connection ------------------------------------------
+
+
+def test_failover_while_the_old_master_lives_moves_the_sequence_to_the_new_master(h):
+    owed_jobs(h, OLDER, JID)
+    h.start("beta", engine="e1")
+    assert h.drive("beta", engine="e1") == [("beta", OLDER, "cmd.run", 1)]
+    h.clock.advance(1)
+    assert h.start("beta", engine="e2") == "same"  # same process, now connected to master 2
+    h.record(replay_ret("beta", OLDER))
+    assert h.step("beta", engine="e1") == Step(held_by="e2")  # e1's lease is live, but beta left it
+    assert h.drive("beta", engine="e2") == [("beta", JID, "cmd.run", 1)]
+    assert [p[1] for p in h.published] == [OLDER, JID] and len(h.replayers) == 2
+
+
+def test_an_old_master_resumed_after_the_minion_moved_publishes_nothing(h):
+    owed_jobs(h, OLDER, JID)
+    h.start("beta", engine="e1", at=T0)  # e1 serves beta, then is frozen (SIGSTOP)
+    h.drive("beta", engine="e1")
+    h.clock.advance(h.conf.claim_lease + 5)
+    h.start("beta", engine="e2")  # beta fails over to master 2
+    h.clock.advance(h.conf.claim_lease + 5)  # e2's lease runs out too; e1 resumes
+    assert h.start("beta", engine="e1", at=T0 + 1) == "same-owned"  # its late-noted start does not win
+    assert h.drive("beta", engine="e1") == []
+    assert h.step("beta", engine="e1") == Step(held_by="e2")
+    assert [p[0] for p in h.published] == ["beta"]  # only e1's first replay, before it was frozen
+
+
+def test_failback_to_the_first_master_moves_the_sequence_back(h):
+    owed_jobs(h, OLDER, JID, J1)
+    h.start("beta", engine="e1")
+    h.drive("beta", engine="e1")
+    h.clock.advance(1)
+    h.start("beta", engine="e2")  # failover
+    h.record(replay_ret("beta", OLDER))
+    assert [p[1] for p in h.drive("beta", engine="e2")] == [JID]
+    h.clock.advance(1)
+    assert h.start("beta", engine="e1") == "same"  # master_failback: back on master 1
+    h.record(replay_ret("beta", JID))
+    assert h.step("beta", engine="e2") == Step(held_by="e1")
+    assert [p[1] for p in h.drive("beta", engine="e1")] == [J1]
+    assert [p[1] for p in h.published] == [OLDER, JID, J1]

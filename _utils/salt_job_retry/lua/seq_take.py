@@ -14,7 +14,13 @@ local owner = redis.call('HGET', seq, 'owner')
 local lease = tonumber(redis.call('HGET', seq, 'lease') or '0')
 -- a start only this engine saw (a failover minion now on its master) outranks a live lease
 local claimant = redis.call('HGET', seq, 'pend_by')
-if owner and owner ~= engine and lease >= now and claimant ~= engine then return {'other', owner} end
+-- the process's newest connection is through another master: only that engine may publish
+-- to it, whatever the lease says (a failover that moved, an old master resumed or partitioned)
+local via = redis.call('HGET', seq, 'via')
+if via and via ~= engine and claimant ~= engine then return {'other', via} end
+if owner and owner ~= engine and lease >= now and claimant ~= engine and via ~= engine then
+  return {'other', owner}
+end
 redis.call('HSET', seq, 'owner', engine, 'lease', now + tonumber(ARGV[2]))
 redis.call('EXPIRE', seq, ARGV[4])
 local f = redis.call('HMGET', seq, 'proc', 'started', 'cur', 'wait', 'acks', 'pend', 'born', 'pub')
