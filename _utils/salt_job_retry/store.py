@@ -699,6 +699,8 @@ class Store:
             if view.cur and entries and entries[0]["state"] == "in_flight":
                 for e in entries[1:]:
                     e["waiting_behind"] = view.cur
+                    # being replayed: it is connected, so a job published now reaches it at once
+                    e["live_jobs_run_first"] = True
             out[m] = entries
         self._drop_stale({m: js for m, js in stale.items() if js}, empty)
         return out

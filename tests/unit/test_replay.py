@@ -1109,3 +1109,13 @@ def test_failback_to_the_first_master_moves_the_sequence_back(h):
     assert h.step("beta", engine="e2") == Step(held_by="e1")
     assert [p[1] for p in h.drive("beta", engine="e1")] == [J1]
     assert [p[1] for p in h.published] == [OLDER, JID, J1]
+
+
+def test_pending_says_live_jobs_run_before_the_backlog_of_a_minion_being_replayed(h):
+    owed_jobs(h, J1, J2, J3)
+    assert all("live_jobs_run_first" not in e for e in h.store.pending(["beta"])["beta"])  # beta is down
+    h.start("beta")
+    h.drive("beta")
+    first, *rest = h.store.pending(["beta"])["beta"]
+    assert first["jid"] == J1 and first["state"] == "in_flight" and "live_jobs_run_first" not in first
+    assert [(e["jid"], e["waiting_behind"], e["live_jobs_run_first"]) for e in rest] == [(J2, J1, True), (J3, J1, True)]
