@@ -157,9 +157,13 @@ def save_load(jid, clear_load, minions=None, **kwargs):
 
 
 def _publish_event(jid, load, minions):
-    # the fields of Salt's own salt/job/<jid>/new event; stamped now, on this master's clock
+    import datetime
+
+    # the fields of Salt's own salt/job/<jid>/new event, stamped now on this master's clock: a
+    # spooled job must keep its publish time (a minion that started meanwhile is owed it)
     data = {key: load.get(key) for key in ("tgt_type", "tgt", "user", "fun", "arg")}
-    data.update(jid=jid, minions=list(minions))
+    stamp = datetime.datetime.now(datetime.timezone.utc).isoformat()
+    data.update(jid=jid, minions=list(minions), _stamp=stamp)
     return {"tag": f"salt/job/{jid}/new", "data": data}
 
 

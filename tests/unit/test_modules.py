@@ -2,6 +2,7 @@
 
 import importlib.util
 import logging
+import time
 
 import fakeredis
 import pytest
@@ -167,3 +168,17 @@ def test_event_return_ignores_jobs_and_returns_on_the_bus_and_names_the_sender(s
     client = fakeredis.FakeRedis(server=server)
     assert not client.exists(f"job_retry:{{{JID}}}:job", f"job_retry:{{{JID}}}:returned")
     assert f"ignored salt/job/{JID}/new fired by minion 'beta'" in caplog.text
+
+
+def test_job_cache_stamps_a_job_with_its_publish_time_even_when_it_is_spooled(server, tmp_path):
+    returner, _ = master_returner(server)
+    returner.__opts__["job_retry"]["spool_dir"] = str(tmp_path)
+    server.connected = False  # Redis is down at publish
+    before = time.time()
+    returner.save_load(JID, {"fun": "test.ping", "arg": [], "tgt": "*", "tgt_type": "glob"}, ["alpha"])
+    server.connected = True
+    time.sleep(0.5)  # Redis is back; the spool is written later
+    recorder = returner.__context__["job_retry.recorder"]
+    assert recorder.flush_spool()
+    published = recorder.store.job(JID)["time"]
+    assert before - 1 < published < before + 0.3
