@@ -89,9 +89,11 @@ def _recorder():
     cached = None
     if conf:
         # On the master (event_return) the returner can announce replays' deliveries and returns.
-        fire = saltside.make_fire(__opts__) if __opts__.get("__role") == "master" else None
+        on_master = __opts__.get("__role") == "master"
+        fire = saltside.make_fire(__opts__) if on_master else None
+        engine = saltside.engine_id(__opts__) if on_master else None  # starts on its bus are noted for it
         store = saltside.store_for(conf, __context__)
-        cached = recorder.Recorder(store, conf, saltside.spool_for(conf, __opts__), fire)
+        cached = recorder.Recorder(store, conf, saltside.spool_for(conf, __opts__), fire, engine)
     __context__["job_retry.recorder"] = cached
     return cached
 

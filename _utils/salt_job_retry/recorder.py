@@ -9,7 +9,9 @@ Trust: a job (``new``) and a return (``ret``) are recorded only when the master'
 own job cache hands them over (``trusted=True``: the publish path, Salt's
 ``store_job``). The event bus carries what any minion can fire with any tag and
 body (``event.send``, batched events), so from the bus only the 3008 start acks
-are taken, and a ``new`` or ``ret`` a minion sent is logged and dropped.
+and, on a master, minion starts are taken (they only say whom to serve: the
+engine publishes that minion's recorded jobs), and a ``new`` or ``ret`` a
+minion sent is logged and dropped.
 """
 
 from __future__ import annotations
@@ -37,6 +39,8 @@ MAX_MINION_ID = 512
 # a local file only this package writes; bus events never get the mark.
 TRUSTED = "job_cache:"
 ACK_RE = re.compile(r"^salt/job/[^/]+/start/[^/]+$")
+START_RE = re.compile(r"^salt/minion/(.+)/start$")
+SPOOLED_PREFIXES = ("salt/job/", "salt/minion/", TRUSTED)
 UNTRUSTED_RE = re.compile(r"^salt/job/[^/]+/(new|ret/.+)$")
 REJECT_LOG_EVERY = 60.0  # seconds between two log lines about rejected bus events
 
@@ -140,8 +144,16 @@ def replay_origin(data: dict) -> str | None:
 
 
 class Recorder:
-    def __init__(self, store: Store, conf: Config, spool: Spool, fire: Callable[[dict, str], None] | None = None):
+    def __init__(
+        self,
+        store: Store,
+        conf: Config,
+        spool: Spool,
+        fire: Callable[[dict, str], None] | None = None,
+        engine: str | None = None,
+    ):
         self.store = store
+        self.engine = engine  # this master's engine: starts seen on its bus are noted for it
         self.conf = conf
         self.spool = spool
         self.fire = fire  # for delivered/returned events of replays; None where there is no bus
@@ -156,7 +168,7 @@ class Recorder:
         """Whether a bus event may be recorded: only acks. A job or return a minion sent is logged."""
         if not isinstance(tag, str):
             return False
-        if ACK_RE.match(tag):
+        if ACK_RE.match(tag) or (self.engine and START_RE.match(tag)):
             return True
         if UNTRUSTED_RE.match(tag) and isinstance(data, dict) and data.get("cmd") == "_minion_event":
             self._reject(tag, data.get("id"))
@@ -184,6 +196,9 @@ class Recorder:
             return False
         trusted = tag.startswith(TRUSTED)
         tag = tag[len(TRUSTED) :] if trusted else tag
+        started = START_RE.match(tag)
+        if started and self.engine:
+            return self._stage_start(batch, started.group(1), data)
         if not tag.startswith("salt/job/"):
             return False
         # salt/job/<jid>/new | salt/job/<jid>/ret/<id> | salt/job/<jid>/start/<id>
@@ -248,6 +263,15 @@ class Recorder:
             return True
         self.store.stage_return(batch, replay_origin(data) or jid, minion)
         self._notice("returned", jid, minion, data)
+        return True
+
+    def _stage_start(self, batch: Batch, minion: str, data: dict) -> bool:
+        if not valid_minion(minion):
+            return False
+        grains = data.get("grains")
+        pid = grains.get("pid") if isinstance(grains, dict) else None
+        stamp_ms = int(self.store.aligned(event_time(data)) * 1000)  # the master's stamp, on Redis' clock
+        self.store.stage_start(batch, self.engine, minion, stamp_ms, str(pid) if isinstance(pid, int) else "")
         return True
 
     def _stage_ack(self, batch: Batch, jid: str, minion: str, data: dict) -> bool:
@@ -348,7 +372,7 @@ class Recorder:
             return False
 
     def _spool(self, events: list, exc: Exception | None) -> None:
-        relevant = [(t, d) for t, d in events if isinstance(t, str) and t.startswith(("salt/job/", TRUSTED))]
+        relevant = [(t, d) for t, d in events if isinstance(t, str) and t.startswith(SPOOLED_PREFIXES)]
         if not relevant:
             return
         self._spooled = True

@@ -605,6 +605,18 @@ class Store:
         args = [self.conf.ttl, minion, self.now_arg(), run_jid]
         batch.script("record_refusal", [k.targets(jid), k.returned(jid), k.retry(jid)], args)
 
+    def stage_start(self, batch: Batch, engine: str, minion: str, stamp_ms: int, pid: str) -> None:
+        """
+        Note a (re)connection for `engine` and put the minion on its work set, due now: what
+        note_starts does, for the returner, which sees the start even when the engine did not
+        (restarting, or its bus subscriber fell behind). The engine gathers unswept jobs when
+        it serves the start; if it never got it, the sweep queues them and wakes it.
+        """
+        k, conf = self.keys, self.conf
+        batch.script("note_start", [k.seq(minion)], [engine, pid, stamp_ms, self.lease_ms, conf.ttl, self.now_arg()])
+        batch.call("ZADD", k.active(engine), "LT", 0, minion)
+        batch.call("EXPIRE", k.active(engine), conf.ttl)
+
     def stage_delivery(self, batch: Batch, jid: str, minion: str, at_ms: int) -> None:
         """A minion acknowledged the job (``salt/job/<jid>/start/<id>``, Salt 3008 start_event)."""
         k = self.keys

@@ -82,3 +82,23 @@ def test_a_refused_highstate_of_the_minions_own_is_still_owed(h):
     h.clock.advance(EngineLoop.MINION_RUN_AFTER + 1)
     loop.step()
     assert h.store.job(own)["fun"] == "state.highstate"
+
+
+def test_a_start_only_the_returner_saw_is_served_after_the_sweep(h):
+    # The engine was restarting (or its subscriber fell behind) when beta started: only the
+    # returner's event_return got salt/minion/beta/start. Found by the simulation (F1, seed 87).
+    h.recorder.engine = "e1"
+    h.record(new_event(minions=["alpha", "beta"], when=T0))  # beta is down
+    h.clock.advance(2)
+    assert h.recorder.record([start_event("beta", when=T0 + 2)]) == 1
+    loop, clock, _ = loop_for(h, [], recorder=h.recorder, interval=2)
+    for _ in range(10):  # the sweep (timeout 5 s) queues JID for beta and wakes its engine
+        clock[0] += 1
+        h.clock.advance(1)
+        loop.step()
+    assert h.published == [("beta", JID, "cmd.run", 1)]
+
+
+def test_a_start_is_not_noted_where_there_is_no_engine(h):
+    assert h.recorder.engine is None  # a minion's --return job_retry, or a test without a master
+    assert h.recorder.record([start_event("beta")]) == 0
