@@ -63,7 +63,7 @@ def at_most_once(w: World) -> list[str]:
             if prev.returned_at is not None and prev.returned_at <= nxt.t:
                 out.append(f"{label}: ran again in pid {nxt.pid} after its return was recorded")
                 continue
-            acked = w.acked.get((prev.pub, minion))
+            acked = w.acked.get((prev.pub, minion, prev.pid))
             if acked is not None and acked <= nxt.t and not w.conf.replay_interrupted:
                 out.append(f"{label}: acked by pid {prev.pid}, yet ran again in pid {nxt.pid} (not interrupted)")
         limit = w.conf.max_attempts + 1 + sum(1 for _, r in w.retries if r == jid)

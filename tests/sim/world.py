@@ -196,6 +196,7 @@ class Minion:
             inner = {"id": self.id, "jid": jid, "fun": fun, "arg": arg, "metadata": meta}
             tag = f"salt/job/{jid}/start/{self.id}"
             data = {"id": self.id, "cmd": "_minion_event", "data": inner, "tag": tag, "_stamp": stamp(w.now)}
+            data["pid"] = self.pid  # for the oracle only (which process acked); the core ignores it
             w.masters[master].fire({"tag": tag, "data": data})
         if fun.startswith("state."):
             blocking = next((r for r in self.running.values() if r.fun.startswith("state.")), None)
@@ -434,7 +435,7 @@ class World:
         self.metas: dict[str, dict] = {}
         self.flushed: set[tuple[str, str]] = set()
         self.retries: list[tuple[float, str]] = []
-        self.acked: dict[tuple[str, str], float] = {}  # (pub jid, minion) -> when the ack was recorded
+        self.acked: dict[tuple[str, str, int], float] = {}  # (pub jid, minion, pid) -> when its ack was recorded
         self.timers: list[tuple[float, int, tuple]] = []
         self.timer_seq = 0
         self.pids = iter(range(1000, 10**6, 7))
@@ -640,8 +641,9 @@ class World:
                 record(master.recorder, events, trusted=False)  # event_return
                 for event in events:
                     parts = event["tag"].split("/")
-                    if len(parts) == 5 and parts[3] == "start":
-                        self.acked.setdefault((parts[2], parts[4]), self.now)
+                    pid = event["data"].get("pid") if isinstance(event["data"], dict) else None
+                    if len(parts) == 5 and parts[3] == "start" and pid is not None:
+                        self.acked.setdefault((parts[2], parts[4], pid), self.now)
                 if not TRUSTED_SUPPORTED:
                     self._note_returns(events)
         self.restart_engines()
@@ -706,6 +708,8 @@ class World:
             self.pump()
             for _ in range(self.p.actions):
                 self.act()
+                if not self.rng.random() < 0.2:  # mostly the engines react at once; sometimes a tick later
+                    self.pump()
                 self.advance(self.rng.choice([0.2, 1.0, 1.0, 2.0, 5.0, 10.0]))
             self.quiesce()
         return self
