@@ -51,6 +51,9 @@ class SeqView:
     queue: list[tuple[str, float]]  # (jid, published epoch s), oldest first
     born_ms: int = 0  # when that process first connected
     pub: str = ""  # the jid the in-flight replay went out under ('' if its engine died before publishing)
+    engine: str = ""  # the engine holding it
+    via: str = ""  # the engine of the process's newest connection ('' unknown)
+    via_ms: int = 0  # when that connection was seen
 
 
 @dataclass
@@ -360,6 +363,9 @@ class Store:
             queue=[(_text(head[i]), float(head[i + 1])) for i in range(0, len(head), 2)],
             born_ms=int(float(r[9])),
             pub=_text(r[10]),
+            engine=engine,
+            via=_text(r[11]),
+            via_ms=int(float(r[12])),
         )
 
     def _pair_args(
@@ -381,6 +387,9 @@ class Store:
             fresh,
             conf.replay_jid,
             jid,
+            view.engine,
+            view.via,
+            view.via_ms,
         ]
 
     def _pair_keys(self, jid: str) -> list[str]:
@@ -660,6 +669,9 @@ class Store:
             queue=[(_text(j), float(score)) for j, score in queue],
             born_ms=int(float(f.get("born", 0))),
             pub=f.get("pub", ""),
+            engine=f.get("owner", ""),
+            via=f.get("via", ""),
+            via_ms=int(float(f.get("via_at", 0))),
         )
 
     # 'after': published after the process connected. If the minion is up, Salt delivered it;

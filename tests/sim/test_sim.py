@@ -21,18 +21,8 @@ from .world import World
 SEEDS = range(int(os.environ.get("JR_SIM_SEEDS", "500")))
 
 # seed -> finding (tests/sim/FINDINGS.md)
-F1 = "F1: a start no engine got is never served (FINDINGS.md)"
 F2 = "F2: a replay published through a master the minion just left is lost (FINDINGS.md)"
-KNOWN: dict[int, str] = {
-    17: F1,
-    27: F1,
-    36: F1,
-    108: F1,
-    206: F1,
-    291: F2,
-    348: F1,
-    424: F1,
-}
+KNOWN: dict[int, str] = {}
 
 
 @pytest.fixture(scope="session")

@@ -276,7 +276,9 @@ class Master:
         self.clock = lambda: world.now
         self.store = Store(fakeredis.FakeRedis(server=server), world.conf, clock=self.clock, redis_clock=False)
         spool = Spool(os.path.join(SPOOL_ROOT, f"{name}-returner"), 1 << 20)
-        self.recorder = Recorder(self.store, world.conf, spool)
+        # the returner on a master notes starts for that master's engine (if this core does)
+        engine = {"engine": name} if "engine" in inspect.signature(Recorder).parameters else {}
+        self.recorder = Recorder(self.store, world.conf, spool, **engine)
         self.returner_queue: list[dict] = []
         self.engine: Engine | None = Engine(world, self)
         self.restart_at: float | None = None

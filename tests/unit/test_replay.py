@@ -1119,3 +1119,27 @@ def test_pending_says_live_jobs_run_before_the_backlog_of_a_minion_being_replaye
     first, *rest = h.store.pending(["beta"])["beta"]
     assert first["jid"] == J1 and first["state"] == "in_flight" and "live_jobs_run_first" not in first
     assert [(e["jid"], e["waiting_behind"], e["live_jobs_run_first"]) for e in rest] == [(J2, J1, True), (J3, J1, True)]
+
+
+def test_a_replay_published_through_the_old_master_as_the_minion_moved_goes_again(h):
+    # Found by the simulation (FINDINGS F2b, seed 291): e1 publishes in the instant between beta's
+    # move to master 2 and e2 noting that start; beta never gets it.
+    owed_jobs(h, OLDER, JID)
+    h.start("beta", engine="e1")
+    h.clock.advance(1)
+    moved_at = h.now_ms()  # beta connects to master 2 (failover), same process
+    assert h.drive("beta", engine="e1") == [("beta", OLDER, "cmd.run", 1)]  # through master 1: lost
+    assert h.store.note_starts("e2", {"beta": (moved_at, "100")}) == {"beta": ["same"]}
+    assert h.drive("beta", engine="e2") == [("beta", OLDER, "cmd.run", 2)]  # again, the same jid
+    h.record(replay_ret("beta", OLDER))
+    assert h.drive("beta", engine="e2") == [("beta", JID, "cmd.run", 1)]
+
+
+def test_a_replay_published_before_the_minion_moved_is_waited_for(h):
+    owed_jobs(h, OLDER, JID)
+    h.start("beta", engine="e1")
+    assert h.drive("beta", engine="e1") == [("beta", OLDER, "cmd.run", 1)]  # beta got it, then moved
+    h.clock.advance(1)
+    assert h.store.note_starts("e2", {"beta": (h.now_ms(), "100")}) == {"beta": ["same"]}
+    assert h.drive("beta", engine="e2") == []  # in flight: its return is waited for
+    assert len(h.published) == 1

@@ -28,7 +28,7 @@ for i = 6, #ARGV, 4 do
       busy[#busy + 1] = m
     else
       redis.call('HDEL', r, 'a:' .. m, 'l:' .. m, 'x:' .. m, 'd:' .. m, 'p:' .. m, 't:' .. m, 'k:' .. m, 'c:' .. m,
-                 'u:' .. m, 's:' .. m, 'r:' .. m)
+                 'u:' .. m, 's:' .. m, 'r:' .. m, 'e:' .. m)
       redis.call('HSET', r, 'q:' .. m, ARGV[2])
       reset[#reset + 1] = m
       if send == '1' then

@@ -23,9 +23,9 @@ if owner and owner ~= engine and lease >= now and claimant ~= engine and via ~= 
 end
 redis.call('HSET', seq, 'owner', engine, 'lease', now + tonumber(ARGV[2]))
 redis.call('EXPIRE', seq, ARGV[4])
-local f = redis.call('HMGET', seq, 'proc', 'started', 'cur', 'wait', 'acks', 'pend', 'born', 'pub')
+local f = redis.call('HMGET', seq, 'proc', 'started', 'cur', 'wait', 'acks', 'pend', 'born', 'pub', 'via', 'via_at')
 local head = redis.call('ZRANGE', KEYS[2], 0, tonumber(ARGV[3]) - 1, 'WITHSCORES')
 return {'mine', now, f[1] or '', f[2] or '0', f[3] or '', f[4] or '0', f[5] or '', f[6] or '', head,
-        f[7] or '0', f[8] or ''}
+        f[7] or '0', f[8] or '', f[9] or '', f[10] or '0'}
 """
 )
