@@ -52,6 +52,15 @@ PROFILES = {
         "minion_extra": PID_GRAINS,
         "job_retry": {"max_replays_per_second": 0.5, "replay_wait": FAILOVER_REPLAY_WAIT},
     },
+    # failover with master_failback: beta goes back to m1 when it returns; slow bucket (one replay
+    # every 4 s) so that the failback lands in the middle of the sequence
+    "failback": {
+        "masters": MASTERS,
+        "minions": ("beta",),
+        "minion_mode": "failover",
+        "minion_extra": {**PID_GRAINS, "master_failback": True, "master_failback_interval": 2},
+        "job_retry": {"max_replays_per_second": 0.25, "replay_wait": FAILOVER_REPLAY_WAIT},
+    },
     # one master: a killed engine can only be continued by the engine Salt restarts
     "single": {"minions": ("beta",), "minion_extra": PID_GRAINS},
     # hot multi-master, m2's clock an hour ahead (libfaketime)
@@ -383,6 +392,31 @@ def test_failover_master_dies_mid_sequence_the_new_master_continues(mm):
     assert [beta_status(mm, j)["state"] for j in jids[1:]] == ["returned", "returned"]
     assert finals.seen == {jid: set() for jid in jids}, finals.seen
     assert stats_counter(mm, "interrupted") == 0
+
+
+@profile("failback")
+def test_failback_minion_is_served_through_the_master_it_moved_back_to(mm):
+    """beta comes back on m2 (m1 is down) and m2 replays its backlog; m1 returns and beta fails back
+    to it (same pid) while m2's engine lives and holds the sequence: the rest goes out through m1,
+    m2 publishes nothing more, and every job runs once, in order."""
+    ensure_up(mm, "beta")
+    assert mm.connected_masters("beta") == ["m1"]
+    mm.kill_minion("beta")
+    prefix = "fb-"
+    jids = [mm.publish_trace("beta", f"fb-{i}", master="m1") for i in range(5)]
+    mm.stop_master("m1")
+    with FinalStates(mm, jids) as finals:
+        mm.start_minion("beta")  # m1 is down: it connects to m2
+        assert mm.connected_masters("beta") == ["m2"]
+        assert mm.wait_trace("beta", "fb-0", timeout=30) == 1
+        offset = mm.minion_log_offset("beta")
+        mm.start_master("m1")
+        mm.wait_minion("beta", count=1, since=offset, timeout=60)  # its ready line from m1
+        assert mm.connected_masters("beta") == ["m1"]
+        # one replay per job in all (a publish through m2 after the failback would reach no one)
+        assert_replayed_once_in_order(mm, prefix, jids)
+    assert sum(mm.published_count(jid, "m1") for jid in jids) > len(jids)  # replays through m1 too
+    assert finals.seen == {jid: set() for jid in jids}, finals.seen
 
 
 # ------------------------------------------------------------------------------------- 5

@@ -498,10 +498,14 @@ class World:
         self.log(f"{m.id} stops (pid {m.pid})")
         m.stop()
 
+    FAILOVER_AFTER = 3.0  # a failover minion leaves a master only after master_alive_interval
+
     def minion_reconnect(self, m: Minion) -> None:
         """A network blip or failover switch: same process, a start event on the new connection."""
         old = list(m.masters)
         if self.p.topology == "failover" and len(self.masters) > 1:
+            if m.starts and self.now - m.starts[-1][0] < self.FAILOVER_AFTER:
+                return
             targets = [n for n in self.masters if n not in old] or old
         else:
             targets = old

@@ -1067,6 +1067,9 @@ def test_a_refused_run_re_sent_to_a_minion_that_never_gets_it_stops_at_max_refus
     assert state(h, JID)["state"] == "exhausted"
 
 
+MOVE = 5  # a failover move: the minion waits master_alive_interval before it leaves a master
+
+
 # -- the sequence follows the process's newest connection ------------------------------------------
 
 
@@ -1074,7 +1077,7 @@ def test_failover_while_the_old_master_lives_moves_the_sequence_to_the_new_maste
     owed_jobs(h, OLDER, JID)
     h.start("beta", engine="e1")
     assert h.drive("beta", engine="e1") == [("beta", OLDER, "cmd.run", 1)]
-    h.clock.advance(1)
+    h.clock.advance(MOVE)
     assert h.start("beta", engine="e2") == "same"  # same process, now connected to master 2
     h.record(replay_ret("beta", OLDER))
     assert h.step("beta", engine="e1") == Step(held_by="e2")  # e1's lease is live, but beta left it
@@ -1099,11 +1102,11 @@ def test_failback_to_the_first_master_moves_the_sequence_back(h):
     owed_jobs(h, OLDER, JID, J1)
     h.start("beta", engine="e1")
     h.drive("beta", engine="e1")
-    h.clock.advance(1)
+    h.clock.advance(MOVE)
     h.start("beta", engine="e2")  # failover
     h.record(replay_ret("beta", OLDER))
     assert [p[1] for p in h.drive("beta", engine="e2")] == [JID]
-    h.clock.advance(1)
+    h.clock.advance(MOVE)
     assert h.start("beta", engine="e1") == "same"  # master_failback: back on master 1
     h.record(replay_ret("beta", JID))
     assert h.step("beta", engine="e2") == Step(held_by="e1")
@@ -1126,7 +1129,7 @@ def test_a_replay_published_through_the_old_master_as_the_minion_moved_goes_agai
     # move to master 2 and e2 noting that start; beta never gets it.
     owed_jobs(h, OLDER, JID)
     h.start("beta", engine="e1")
-    h.clock.advance(1)
+    h.clock.advance(MOVE)
     moved_at = h.now_ms()  # beta connects to master 2 (failover), same process
     assert h.drive("beta", engine="e1") == [("beta", OLDER, "cmd.run", 1)]  # through master 1: lost
     assert h.store.note_starts("e2", {"beta": (moved_at, "100")}) == {"beta": ["same"]}
@@ -1139,7 +1142,16 @@ def test_a_replay_published_before_the_minion_moved_is_waited_for(h):
     owed_jobs(h, OLDER, JID)
     h.start("beta", engine="e1")
     assert h.drive("beta", engine="e1") == [("beta", OLDER, "cmd.run", 1)]  # beta got it, then moved
-    h.clock.advance(1)
+    h.clock.advance(MOVE)
     assert h.store.note_starts("e2", {"beta": (h.now_ms(), "100")}) == {"beta": ["same"]}
     assert h.drive("beta", engine="e2") == []  # in flight: its return is waited for
     assert len(h.published) == 1
+
+
+def test_the_same_connection_seen_through_the_other_master_a_moment_later_keeps_its_engine(h):
+    # hot multi-master: beta connects to both masters at once; e1 noted it first and is publishing
+    owed_jobs(h, OLDER, JID)
+    h.start("beta", engine="e1")
+    h.clock.advance(0.5)
+    assert h.store.note_starts("e2", {"beta": (h.now_ms(), "100")}) == {"beta": ["same-owned", "e1"]}
+    assert h.step("beta", engine="e2") == Step(held_by="e1")

@@ -26,8 +26,11 @@ if proc == pid then
   if stamp > tonumber(redis.call('HGET', seq, 'started') or '0') then redis.call('HSET', seq, 'started', stamp) end
   local seen = stamp > 0 and stamp or now
   local via = redis.call('HGET', seq, 'via')
-  -- a start noted late (an older connection) does not win over a newer one
-  if seen > tonumber(redis.call('HGET', seq, 'via_at') or '-1') then
+  -- A start noted late (an older connection) does not win over a newer one, nor does the start
+  -- of the same connection seen through another master a moment later (hot multi-master: one
+  -- connection to each master at once); a failover move takes master_alive_interval, seconds.
+  local margin = (via and via ~= engine) and 2000 or 0
+  if seen > tonumber(redis.call('HGET', seq, 'via_at') or '-1') + margin then
     redis.call('HSET', seq, 'via', engine, 'via_at', seen)
     via = engine
   end
