@@ -166,6 +166,9 @@ def _publish_event(jid, load, minions):
     data = {key: load.get(key) for key in ("tgt_type", "tgt", "user", "fun", "arg")}
     stamp = datetime.datetime.now(datetime.timezone.utc).isoformat()
     data.update(jid=jid, minions=list(minions), _stamp=stamp)
+    meta = load.get("metadata")
+    if isinstance(meta, dict) and "job_retry" in meta:
+        data["job_retry_replay"] = True  # our engine's publish: a replay, not a job of its own
     return {"tag": f"salt/job/{jid}/new", "data": data}
 
 

@@ -46,7 +46,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "_utils"))
 sys.path.insert(0, str(REPO))
 
-from salt_job_retry import config, redis_io, store  # noqa: E402
+from salt_job_retry import commands, config, redis_io, store  # noqa: E402
 from salt_job_retry.recorder import Recorder  # noqa: E402
 from salt_job_retry.replay import EngineLoop, Replayer  # noqa: E402
 from salt_job_retry.spool import SPOOL_FILE, Spool  # noqa: E402
@@ -637,6 +637,43 @@ def restart(bench: Bench, minions: int, jobs: int) -> None:
     bench.emit(line)
 
 
+def unrelated_work(bench: Bench, sizes: tuple[int, int], minions: int) -> None:
+    """
+    What one start and a `flush <glob>` with nothing to flush cost in Redis commands while
+    N unswept jobs target other minions (each job one other minion), at two sizes N: the
+    ratio shows whether the cost follows the unrelated work (issue 16, item 5).
+    """
+    conf = dataclasses.replace(bench.conf, timeout=3600)
+    st = store.Store(bench.client, conf)
+    recorder = Recorder(st, conf, Spool(bench.spool_dir, conf.spool_max_bytes))
+    env = commands.Env({"sock_dir": "/nonexistent"}, conf, st)
+    ids = [f"web-{i:05d}" for i in range(minions)]  # the flush's glob matches every one of them
+    env.known_minions = lambda: set(ids)
+    figures = {}
+    for n in sizes:
+        bench.flush()
+        others = [f"other-{i:05d}" for i in range(n)]
+        recorder.record([new_event(f"2026112212{i:010d}", [others[i]]) for i in range(n)], trusted=True)
+        recorder.record([new_event("20261122130000000001", ["web-00001"])], trusted=True)  # one it is owed
+        before = commands_processed(bench.client)
+        st.note_starts("bench-engine", {"web-00001": (int(time.time() * 1000), "7")})
+        start = commands_processed(bench.client) - before - 1
+        before = commands_processed(bench.client)
+        out = commands.flush(env, "web-*", dry_run=True)
+        flush = commands_processed(bench.client) - before - 1
+        assert out["minions"] == {"web-00001": ["20261122130000000001"]}, out
+        figures[n] = (start, flush)
+        bench.emit(
+            f"{f'unrelated unswept jobs: {n:,}':<34} start: {start} Redis commands   "
+            f"flush web-* ({minions} minions, dry run): {flush:,} commands"
+        )
+    small, large = sizes
+    bench.emit(
+        f"{f'  {large:,} vs {small:,} unrelated':<34} start {figures[large][0] / figures[small][0]:.2f}x   "
+        f"flush {figures[large][1] / figures[small][1]:.2f}x   (target <= 2x: the cost follows what is owed)"
+    )
+
+
 def fmt(values: list[float]) -> str:
     med = statistics.median(values)
     return f"{num(med)} ({num(min(values))}-{num(max(values))})"
@@ -651,7 +688,7 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="small sizes and 2 runs (CI)")
     parser.add_argument("--runs", type=int, default=None)
     parser.add_argument("--peer-python", default=None, help="python of a venv with saltext.redis")
-    parser.add_argument("--only", default="ingest,fanout,replay,sweep,memory,spool,engine,restart")
+    parser.add_argument("--only", default="ingest,fanout,replay,sweep,memory,spool,engine,restart,unrelated")
     args = parser.parse_args()
     quick = args.quick
     runs = args.runs or (2 if quick else 5)
@@ -690,6 +727,8 @@ def main() -> int:
                 engine.backlog_under_rate_limit(200 if quick else 1000, 50)
             if "restart" in only:
                 restart(bench, 1000 if quick else 10000, 50 if quick else 500)
+            if "unrelated" in only:
+                unrelated_work(bench, (50, 500), 100)
     finally:
         lab.stop()
     return 0

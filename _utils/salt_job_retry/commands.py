@@ -104,12 +104,17 @@ def flush(env: Env, minion_id: str, jid: str | None = None, dry_run: bool = Fals
         minions = [minion_id]
     else:
         return error(f"unknown minion {minion_id!r}: no accepted key and nothing pending")
+    # what each may be owed, found for a chunk of minions at once (not minions x unswept jobs)
+    owed: dict[str, list[str]] = {}
+    if jids is None:
+        for i in range(0, len(minions), FLUSH_CHUNK):
+            owed.update(env.store.owed_candidates(minions[i : i + FLUSH_CHUNK]))
     if dry_run:  # the flush's own script, told not to write: exactly what it would cancel
-        would = {m: js for m in minions if (js := env.store.flush(m, jids, dry_run=True))}
+        would = {m: js for m in minions if (js := env.store.flush(m, jids or owed[m], dry_run=True))}
         return {"dry_run": True, "minions": would, "flushed": sum(len(js) for js in would.values())}
     flushed: dict[str, list[str]] = {}
     for done, minion in enumerate(minions, 1):
-        cancelled = env.store.flush(minion, jids)
+        cancelled = env.store.flush(minion, jids or owed[minion])
         if cancelled:
             flushed[minion] = cancelled
         if done % PROGRESS_EVERY == 0 or done == len(minions) > PROGRESS_EVERY:
@@ -120,6 +125,7 @@ def flush(env: Env, minion_id: str, jid: str | None = None, dry_run: bool = Fals
 
 
 PROGRESS_EVERY = 100
+FLUSH_CHUNK = 500  # minions whose candidates are looked up together
 
 
 def fire_progress(env: Env, action: str, done: int, total: int | None = None) -> None:

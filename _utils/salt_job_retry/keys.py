@@ -11,11 +11,25 @@ Lua script may touch them; a minion's keys share ``{m:<id>}`` and the engines' k
 
 from __future__ import annotations
 
+import zlib
 from typing import NamedTuple
 from urllib.parse import quote
 
 # `P:unswept` scores of swept jobs: SWEPT + publish time, beyond every sweep's cutoff.
 SWEPT = 10**11
+BUCKETS = 64  # `P:{u:<n>}`: unswept jobs by the buckets their targets hash to
+ALL_BUCKETS_FROM = 8 * BUCKETS  # targets from which a job is put in every bucket without hashing
+
+
+def bucket_of(minion: str) -> int:
+    return zlib.crc32(minion.encode("utf-8", "surrogatepass")) % BUCKETS
+
+
+def buckets_of(minions: list[str]) -> list[int]:
+    """The buckets a job's targets fall in (every one for a broad job: hashing 10,000 ids costs more)."""
+    if len(minions) >= ALL_BUCKETS_FROM:
+        return list(range(BUCKETS))
+    return sorted({bucket_of(m) for m in minions})
 
 
 class KeyDoc(NamedTuple):
@@ -74,6 +88,13 @@ SCHEMA = (
         "every tracked jid: scored by publish time until swept, then by 10^11 + publish time (the name is "
         "historical: it is the one job index)",
     ),
+    KeyDoc(
+        "P:{u:<n>}",
+        "zset",
+        "jobs not swept yet that target a minion whose id hashes to bucket n (CRC32 mod 64; a job with 512+ "
+        "targets is in every bucket), scored by publish time: a start or a flush reads its minion's bucket, "
+        "not every unswept job; the sweep removes a job from its buckets",
+    ),
     KeyDoc("P:queues", "zset", "minions that have a queue, scored by last enqueue"),
     KeyDoc("P:stats", "hash", "counters (see `stats`)"),
     KeyDoc("P:rate", "hash", "the fleet-wide replay token bucket (TTL 1 h)"),
@@ -118,6 +139,9 @@ class Keys:
 
     def seq(self, minion: str) -> str:
         return f"{self._minion(minion)}:seq"
+
+    def bucket(self, n: int) -> str:
+        return f"{self.prefix}:{{u:{n}}}"
 
     def active(self, engine: str) -> str:
         return f"{self.prefix}:{{active}}:{quote(engine, safe='')}"

@@ -26,6 +26,7 @@ from typing import Any
 
 from .config import Config
 from .events import fire_action
+from .keys import buckets_of
 from .redis_io import Batch, RedisUnavailable, guard, pack
 from .spool import Spool
 from .store import Store
@@ -159,6 +160,7 @@ class Recorder:
         self.fire = fire  # for delivered/returned events of replays; None where there is no bus
         self._notices: list[tuple[str, str, str, dict]] = []
         self._new_jobs: list[tuple[int, str]] = []  # (batch index of record_new, jid)
+        self._buckets: set[int] = set()  # unswept-by-target buckets the batch added jobs to
         self._wanted: dict[str, bool] = {}
         self._spooled = spool.has_data()  # else one stat() per call; only we append to it
         self._rejected = 0  # bus events dropped since the last log line about them
@@ -233,6 +235,9 @@ class Recorder:
         if not self.wanted(job["fun"]):
             self.store.stage_excluded_job(batch, jid, job)
             return True
+        targets = valid_minions(minions)
+        # a replay's own `new` (our publish) is not a job to gather: it is swept or queued already
+        job["buckets"] = [] if data.get("job_retry_replay") else buckets_of(targets)
         blob = pack(job)
         if len(blob) > self.conf.max_job_bytes:
             log.warning(
@@ -244,10 +249,10 @@ class Recorder:
             )
             self.store.stage_unrecorded_job(batch, jid, {**job, "arg": [], "too_large": len(blob)})
             return True
-        targets = valid_minions(minions)
         if len(targets) != len(minions):
             log.warning("job_retry: job %s: ignoring %d invalid minion id(s)", jid, len(minions) - len(targets))
-        self._new_jobs.append((self.store.stage_job(batch, jid, blob, job["time"], targets), jid))
+        self._buckets.update(job["buckets"])
+        self._new_jobs.append((self.store.stage_job(batch, jid, blob, job["time"], targets, job["buckets"]), jid))
         return True
 
     def _stage_ret(self, batch: Batch, jid: str, minion: str, data: dict) -> bool:
@@ -332,6 +337,7 @@ class Recorder:
         batch = self.store.batch()
         self._notices = []
         self._new_jobs: list[tuple[int, str]] = []
+        self._buckets: set[int] = set()
         try:
             self.store.ensure_clock()  # event stamps go on Redis' clock: measured once per process
         except RedisUnavailable as exc:
@@ -343,7 +349,7 @@ class Recorder:
         if not len(batch):
             return 0
         if self._new_jobs:
-            self.store.stage_index_ttl(batch)
+            self.store.stage_index_ttl(batch, sorted(self._buckets))
         try:
             clock_op, before = self.store.stage_clock(batch), self.store.clock()
             results = guard(self.conf, batch.execute)

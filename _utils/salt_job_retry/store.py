@@ -20,7 +20,7 @@ from typing import Any
 import redis
 
 from .config import Config
-from .keys import SWEPT, Keys
+from .keys import BUCKETS, SWEPT, Keys, bucket_of
 from .redis_io import Batch, guard, pack, unpack
 from .redis_io import text as _text
 
@@ -150,10 +150,13 @@ class Store:
 
     # -- recording (returner) -------------------------------------------------------
 
-    def stage_job(self, batch: Batch, jid: str, blob: bytes, published: float, minions: Iterable[str]) -> int:
+    def stage_job(
+        self, batch: Batch, jid: str, blob: bytes, published: float, minions: Iterable[str], buckets: Iterable[int] = ()
+    ) -> int:
         """
         Record a published job (packed) and merge its targets (a replay's `new` names one minion).
         Returns the batch index whose result is 0 if jid is a replay's or a retry's fresh jid.
+        `buckets`: the unswept-by-target buckets to list it in (none for a replay's `new`).
         """
         k, ttl = self.keys, self.conf.ttl
         if minions:
@@ -161,11 +164,17 @@ class Store:
             batch.call("EXPIRE", k.targets(jid), ttl)
         index = batch.script("record_new", [k.job(jid), k.alias(jid), k.returned(jid), k.retry(jid)], [ttl, blob])
         batch.call("ZADD", k.unswept, "NX", published, jid)
+        for n in buckets:
+            batch.call("ZADD", k.bucket(n), "NX", published, jid)
         return index
 
-    def stage_index_ttl(self, batch: Batch) -> None:
-        """Renew the job index's TTL: once per batch that added jobs (not once per job)."""
-        batch.call("EXPIRE", self.keys.unswept, self.conf.ttl)
+    def stage_index_ttl(self, batch: Batch, buckets: Iterable[int] = ()) -> None:
+        """Renew the job indexes' TTL (and drop expired jobs from the buckets): once per batch, not per job."""
+        k, ttl = self.keys, self.conf.ttl
+        batch.call("EXPIRE", k.unswept, ttl)
+        for n in buckets:
+            batch.call("ZREMRANGEBYSCORE", k.bucket(n), "-inf", self.now() - ttl)
+            batch.call("EXPIRE", k.bucket(n), ttl)
 
     def forget_aliases(self, jids: list[str]) -> None:
         """A fresh jid is a copy of its original, not a job: out of the job indexes."""
@@ -226,11 +235,14 @@ class Store:
         results = self.run(fill)
         owed: list[tuple[str, str, bool, dict]] = []
         published: dict[str, float] = {}
+        buckets: dict[int, list[str]] = {}
         for i, jid in enumerate(jids):
             pairs, blob = results[2 * i], results[2 * i + 1]
             job = unpack(blob) if blob else {}
             if job:
                 published[jid] = float(job.get("time", now))
+            for n in job.get("buckets", ()):
+                buckets.setdefault(n, []).append(jid)
             owed.extend((jid, _text(pairs[j]), pairs[j + 1] == 1, job) for j in range(0, len(pairs), 2))
 
         def enqueue(b: Batch) -> None:
@@ -246,6 +258,8 @@ class Store:
                 b.call("ZREM", k.unswept, *gone)
             for jid, at in published.items():
                 b.call("ZADD", k.unswept, "XX", SWEPT + at, jid)
+            for n, swept in buckets.items():  # swept: a start or a flush finds it in the minion's queue
+                b.call("ZREM", k.bucket(n), *swept)
             b.call("ZREMRANGEBYSCORE", k.unswept, SWEPT, SWEPT + now - ttl)  # their keys have expired
             fresh = sum(1 for _, _, new, _ in owed if new)
             if fresh:
@@ -264,17 +278,39 @@ class Store:
         """'' lets the scripts read Redis' clock; an injected test clock is passed instead."""
         return "" if self.redis_clock else str(int(self.clock() * 1000))
 
-    def owed_candidates(self, minion: str) -> tuple[list[str], set[str]]:
-        """Jids that may be owed to minion: its queue plus every not-yet-swept job."""
-        queue, unswept = self.run(
-            lambda b: (
-                b.call("ZRANGE", self.keys.queue(minion), 0, -1),
-                b.call("ZRANGEBYSCORE", self.keys.unswept, "-inf", f"({SWEPT}"),
-            )
-        )
-        queued = [_text(j) for j in queue]
-        seen = set(queued)
-        return queued + [j for j in map(_text, unswept) if j not in seen], seen
+    def owed_candidates(self, minions: list[str]) -> dict[str, list[str]]:
+        """
+        Jids that may be owed to each minion: its queue, and the not-yet-swept jobs that target it
+        (read from the minions' buckets: one SMISMEMBER per job there for all of them at once).
+        """
+        k = self.keys
+        queues = self.run(lambda b: [b.call("ZRANGE", k.queue(m), 0, -1) for m in minions]) if minions else []
+        found = {m: [_text(j) for j in q] for m, q in zip(minions, queues, strict=True)}
+        jobs = [j for j, _ in self.unswept_in_buckets(minions)] if minions else []
+        flags = self.run(lambda b: [b.call("SMISMEMBER", k.targets(j), *minions) for j in jobs]) if jobs else []
+        for jid, row in zip(jobs, flags, strict=True):
+            for m, hit in zip(minions, row, strict=True):
+                if hit and jid not in found[m]:
+                    found[m].append(jid)
+        return found
+
+    def unswept_in_buckets(self, minions: list[str]) -> list[tuple[str, float]]:
+        """
+        (jid, published) of the jobs not swept yet that may target one of `minions`: those listed in
+        their buckets (all unswept jobs when they span every bucket, as a master restart's starts do).
+        """
+        k = self.keys
+        wanted = sorted({bucket_of(m) for m in minions})
+        if len(wanted) == BUCKETS:
+            rows = guard(self.conf, self.client.zrangebyscore, k.unswept, "-inf", f"({SWEPT}", None, None, True)
+            return [(_text(jid), float(score)) for jid, score in rows]
+        listed = self.run(lambda b: [b.call("ZRANGE", k.bucket(n), 0, -1) for n in wanted])
+        jids = list(dict.fromkeys(_text(j) for rows in listed for j in rows))
+        if not jids:
+            return []
+        (scores,) = self.run(lambda b: [b.call("ZMSCORE", k.unswept, *jids)])
+        # a bucket may still list a fresh jid (forgotten) or a job the sweep is handling
+        return [(j, float(s)) for j, s in zip(jids, scores, strict=True) if s is not None and float(s) < SWEPT]
 
     def note_starts(self, engine: str, starts: dict[str, tuple[int, str]]) -> dict[str, list[str]]:
         """
@@ -302,8 +338,7 @@ class Store:
         if not minions:
             return
         k = self.keys
-        rows = guard(self.conf, self.client.zrangebyscore, k.unswept, "-inf", f"({SWEPT}", None, None, True)
-        jobs = [(_text(jid), float(score)) for jid, score in rows]
+        jobs = self.unswept_in_buckets(minions)
         if not jobs:
             return
         # one command per job for all the minions that started (a master restart: thousands at once)
@@ -753,7 +788,7 @@ class Store:
         flight. Returns the jids cancelled; with dry_run, those it would cancel, changing nothing.
         """
         if jids is None:
-            jids, _ = self.owed_candidates(minion)
+            jids = self.owed_candidates([minion])[minion]
         k, args = self.keys, [minion, self.conf.ttl, "1" if dry_run else "0"]
         results = self.run(lambda b: [b.script("flush", [k.targets(j), k.returned(j), k.retry(j)], args) for j in jids])
         flushed = [jid for jid, done in zip(jids, results, strict=False) if done]

@@ -8,6 +8,7 @@ import fakeredis
 import pytest
 from conftest import JID, new_event, ret_event
 from salt_job_retry import saltside
+from salt_job_retry.keys import bucket_of
 
 from tests.conftest import REPO
 
@@ -182,3 +183,13 @@ def test_job_cache_stamps_a_job_with_its_publish_time_even_when_it_is_spooled(se
     assert recorder.flush_spool()
     published = recorder.store.job(JID)["time"]
     assert before - 1 < published < before + 0.3
+
+
+def test_job_cache_marks_the_engines_own_replay_as_one(server):
+    returner, _ = master_returner(server)
+    load_ = {"fun": "cmd.run", "arg": ["id"], "tgt": ["alpha"], "tgt_type": "list", "metadata": {"job_retry": {}}}
+    bucket = f"job_retry:{{u:{bucket_of('alpha')}}}"
+    returner.save_load(JID, load_, ["alpha"])
+    assert fakeredis.FakeRedis(server=server).zcard(bucket) == 0
+    returner.save_load(JID, {**load_, "metadata": {}}, ["alpha"])  # an operator's publish of it
+    assert fakeredis.FakeRedis(server=server).zcard(bucket) == 1
