@@ -413,8 +413,16 @@ def test_failback_minion_is_served_through_the_master_it_moved_back_to(mm):
         mm.start_master("m1")
         mm.wait_minion("beta", count=1, since=offset, timeout=60)  # its ready line from m1
         assert mm.connected_masters("beta") == ["m1"]
-        # one replay per job in all (a publish through m2 after the failback would reach no one)
-        assert_replayed_once_in_order(mm, prefix, jids)
+        want = [f"fb-{i} beta" for i in range(len(jids))]
+        mm.wait_lines("beta", lambda _: len(tagged(mm, "beta", prefix)) >= len(jids), 60)
+        time.sleep(SETTLE)
+        assert tagged(mm, "beta", prefix) == want, (mm.trace_lines("beta"), seq(mm))  # each once, in order
+        for jid in jids:
+            assert wait_for(lambda jid=jid: beta_status(mm, jid)["state"] == "returned", 20), beta_status(mm, jid)
+    # one replay per job, except the one m2 may have sent as beta left it: sent again through m1
+    # under the same jid (beta drops a copy it already has)
+    extra = [total_published(mm, jid) - 2 for jid in jids]
+    assert all(e >= 0 for e in extra) and sum(extra) <= 1, [mm.published_counts(j) for j in jids]
     assert sum(mm.published_count(jid, "m1") for jid in jids) > len(jids)  # replays through m1 too
     assert finals.seen == {jid: set() for jid in jids}, finals.seen
 
