@@ -118,24 +118,39 @@ def event_return(events):
 
 def _cache_name():
     """The job cache behind us; local_cache when the option is unusable (Salt's history must not stop)."""
-    name = (__opts__.get("job_retry") or {}).get("job_cache", "local_cache")
+    block = __opts__.get("job_retry")
+    name = block.get("job_cache", "local_cache") if isinstance(block, dict) else "local_cache"
     if not isinstance(name, str) or not name or name == __virtualname__:
         log.error("job_retry: job_retry:job_cache %r is not a usable job cache; using local_cache", name)
         return "local_cache"
     return name
 
 
-def _cache(function):
-    """A function of the job cache behind us (a KeyError, as from Salt's loader, when it lacks it)."""
+def _cache_loader():
+    """(name, returners) of the job cache behind us, loaded once per process; local_cache if it will not load."""
     loaded = __context__.get("job_retry.job_cache")
     if loaded is None:
         import salt.loader
 
         name = _cache_name()
         returners = salt.loader.returners(__opts__, __salt__, whitelist=[name])
+        if f"{name}.save_load" not in returners and name != "local_cache":
+            log.error("job_retry: job cache %r did not load (job_retry:job_cache); using local_cache", name)
+            name = "local_cache"
+            returners = salt.loader.returners(__opts__, __salt__, whitelist=[name])
         loaded = __context__["job_retry.job_cache"] = (name, returners)
-    name, returners = loaded
+    return loaded
+
+
+def _cache(function):
+    """A function of the job cache behind us (a KeyError, as from Salt's loader, when it lacks it)."""
+    name, returners = _cache_loader()
     return returners[f"{name}.{function}"]
+
+
+def _cache_has(function):
+    name, returners = _cache_loader()
+    return f"{name}.{function}" in returners
 
 
 def _on_master():
@@ -152,10 +167,17 @@ def save_load(jid, clear_load, minions=None, **kwargs):
     """
     if minions is not None and _on_master() and isinstance(clear_load, dict):
         _record([_publish_event(jid, clear_load, minions)], trusted=True)
-    elif minions is None and _cache_name() == "local_cache" and _cache("get_load")(jid):
+    elif minions is None and _cache_loader()[0] == "local_cache" and _saved(jid):
         # Salt's store_job skips this for local_cache only; behind us it cannot tell.
         return None
     return _cache("save_load")(jid, clear_load, minions, **kwargs)
+
+
+def _saved(jid):
+    try:
+        return bool(_cache("get_load")(jid))
+    except Exception:  # pylint: disable=broad-except
+        return False  # an unreadable load: save this one, as Salt would have tried to
 
 
 def _publish_event(jid, load, minions):
@@ -209,6 +231,8 @@ def get_jids():
 
 
 def get_jids_filter(count, filter_find_job=True):
+    if not _cache_has("get_jids_filter"):  # what Salt's jobs runner says when the cache lacks it
+        raise NotImplementedError(f"'{_cache_loader()[0]}.get_jids_filter' returner function not implemented yet.")
     return _cache("get_jids_filter")(count, filter_find_job)
 
 
@@ -216,12 +240,13 @@ def clean_old_jobs():
     return _cache("clean_old_jobs")()
 
 
+# Salt calls these only when the job cache has them; one that lacks them gets what Salt does then.
 def update_endtime(jid, time):
-    return _cache("update_endtime")(jid, time)
+    return _cache("update_endtime")(jid, time) if _cache_has("update_endtime") else None
 
 
 def get_endtime(jid):
-    return _cache("get_endtime")(jid)
+    return _cache("get_endtime")(jid) if _cache_has("get_endtime") else False
 
 
 def save_reg(data):

@@ -58,7 +58,8 @@ SCHEMA = (
         "per minion: `q:<id>` queued at, `a:<id>` replays so far, `p:<id>` pid of the process the last replay "
         "went to, `t:<id>` when (Redis ms), `d:<id>` ack seen (ms), `j:<id>` the jid it went out under "
         "(`u:<id>`: that publish may have gone out though it failed), `k:<id>` refused (the `t:` it refused, "
-        "`0` for the original publish), `r:<id>` when, `c:<id>` refusals, `x:<id>` final: "
+        "`0` for the original publish), `r:<id>` when, `c:<id>` refusals, `e:<id>` the engine that sent the "
+        "last replay, `x:<id>` final: "
         "`exhausted`/`flushed`/`interrupted`/`superseded`, `s:<id>` the jid that superseded it",
     ),
     KeyDoc(
@@ -78,7 +79,8 @@ SCHEMA = (
         "the minion's replay sequence: `proc` (pid), `born`/`started` (first/last connection of that process, "
         "ms), `owner` + `lease` (the engine serving it, Redis ms), `cur` + `wait` (replay in flight and its "
         "deadline), `acks`, `pend` + `pend_by` (a start whose pid is not known yet, and the engine that saw "
-        "it), `pub` (the jid the replay in flight went out under, once published)",
+        "it), `pub` (the jid the replay in flight went out under, once published), `via` + `via_at` (the engine "
+        "that saw the process's newest connection, and when: only it serves the minion)",
     ),
     KeyDoc("P:{active}:<engine>", "zset", "minions an engine is serving, scored by when to look again (Redis ms)"),
     KeyDoc("P:{active}:engines", "zset", "engines, scored by their last heartbeat (Redis ms)"),

@@ -44,6 +44,10 @@ START_RE = re.compile(r"^salt/minion/(.+)/start$")
 SPOOLED_PREFIXES = ("salt/job/", "salt/minion/", TRUSTED)
 UNTRUSTED_RE = re.compile(r"^salt/job/[^/]+/(new|ret/.+)$")
 REJECT_LOG_EVERY = 60.0  # seconds between two log lines about rejected bus events
+# After Redis failed, spool without asking it for this long (doubling to the max while it keeps
+# failing): the job cache runs in Salt's publish and return path, and a Redis that hangs would
+# otherwise hold every publish and every return for socket_timeout.
+REDIS_RETRY_AFTER, REDIS_RETRY_MAX = 2.0, 60.0
 
 
 def valid_jid(jid: Any) -> bool:
@@ -165,16 +169,42 @@ class Recorder:
         self._spooled = spool.has_data()  # else one stat() per call; only we append to it
         self._rejected = 0  # bus events dropped since the last log line about them
         self._rejected_logged = 0.0
+        self._redis_down_until = 0.0  # monotonic: spool without trying Redis until then
+        self._redis_down_for = 0.0
+        self.redis_retry_after = REDIS_RETRY_AFTER
+        self._engine_checked_at = float("-inf")  # when the engine was last seen running
 
     def from_bus(self, tag: Any, data: Any) -> bool:
         """Whether a bus event may be recorded: only acks. A job or return a minion sent is logged."""
         if not isinstance(tag, str):
             return False
-        if ACK_RE.match(tag) or (self.engine and START_RE.match(tag)):
+        if ACK_RE.match(tag):
             return True
+        if self.engine and START_RE.match(tag):
+            return self._engine_running()
         if UNTRUSTED_RE.match(tag) and isinstance(data, dict) and data.get("cmd") == "_minion_event":
             self._reject(tag, data.get("id"))
         return False
+
+    ENGINE_CHECK_EVERY = 10.0
+
+    def _engine_running(self) -> bool:
+        """
+        Is this master's engine running (a heartbeat)? A start noted for an engine that never runs
+        (not configured on this master, or not loaded yet) would hold the minion away from the
+        engines that do. A yes holds for ENGINE_CHECK_EVERY s; a Redis blip counts as running (the
+        start is spooled and written later).
+        """
+        now = time.monotonic()
+        if now >= self._engine_checked_at + self.ENGINE_CHECK_EVERY:
+            try:
+                alive = self.store.engine_alive(self.engine)
+            except RedisUnavailable:
+                alive = True
+            if not alive:  # asked again next time: at a master's start the engine beats a moment later
+                return False
+            self._engine_checked_at = now
+        return True
 
     def _reject(self, tag: str, sender: Any) -> None:
         """Log a forged job/return event, at most one line a minute (a minion can fire thousands)."""
@@ -285,7 +315,7 @@ class Recorder:
         if not valid_jid(jid) or not valid_minion(minion) or not self.wanted(inner.get("fun")):
             return False
         at_ms = int(self.store.aligned(event_time(data)) * 1000)  # the master's stamp, on Redis' clock
-        self.store.stage_delivery(batch, replay_origin(inner) or jid, minion, at_ms)
+        self.store.stage_delivery(batch, replay_origin(inner) or jid, minion, at_ms, acked=jid)
         self._notice("delivered", jid, minion, inner)
         return True
 
@@ -314,6 +344,9 @@ class Recorder:
             fresh = [(TRUSTED + e["tag"], e.get("data")) for e in events if isinstance(e.get("tag"), str)]
         else:
             fresh = [(e.get("tag"), e.get("data")) for e in events if self.from_bus(e.get("tag"), e.get("data"))]
+        if time.monotonic() < self._redis_down_until:  # Redis failed a moment ago: do not wait on it
+            self._spool(fresh, None)
+            return 0
         if self._spooled and not self.flush_spool():
             self._spool(fresh, None)
             return 0
@@ -321,11 +354,19 @@ class Recorder:
             return 0
         return self._write(fresh, spool_on_failure=True)
 
+    def _redis_failed(self) -> None:
+        self._redis_down_for = min(REDIS_RETRY_MAX, max(self.redis_retry_after, self._redis_down_for * 2))
+        self._redis_down_until = time.monotonic() + self._redis_down_for
+
+    def _redis_ok(self) -> None:
+        self._redis_down_for = self._redis_down_until = 0.0
+
     def flush_spool(self) -> bool:
         """Write spooled events to Redis; False if Redis is still unreachable."""
         try:
             self.spool.drain(lambda chunk: self._write(chunk, spool_on_failure=False))
         except RedisUnavailable:
+            self._redis_failed()
             return False
         except Exception:  # the events stay spooled; never raise into Salt
             log.exception("job_retry: could not write the spool to Redis; keeping it")
@@ -343,6 +384,7 @@ class Recorder:
         except RedisUnavailable as exc:
             if not spool_on_failure:
                 raise
+            self._redis_failed()
             self._spool(events, exc)
             return 0
         relevant = [(tag, data) for tag, data in events if self._safe_stage(batch, tag, data)]
@@ -357,9 +399,11 @@ class Recorder:
             # a replay's or retry's fresh jid: a second round trip, only for those
             self.store.forget_aliases([jid for i, jid in self._new_jobs if results[i] == 0])
             self._announce()
+            self._redis_ok()
         except RedisUnavailable as exc:
             if not spool_on_failure:
                 raise
+            self._redis_failed()
             self._spool(relevant, exc)
             return 0
         except Exception:  # a returner must never raise into Salt

@@ -201,9 +201,12 @@ class Store:
 
     # -- sweep ----------------------------------------------------------------------
 
-    def sweep(self, limit: int = 500, progress: Callable[[int], None] | None = None) -> list[tuple[str, str, dict]]:
+    def sweep(
+        self, limit: int = 500, progress: Callable[[int], None] | None = None, engine: str | None = None
+    ) -> list[tuple[str, str, dict]]:
         """
-        Queue the missing minions of every job published more than `timeout` ago.
+        Queue the missing minions of every job published more than `timeout` ago. A minion no
+        engine serves is put on `engine`'s work set (if given), which asks it for its pid first.
 
         Returns the newly queued (jid, minion, job). Cost grows with the jobs that
         came due, not with everything stored: only `unswept` is read.
@@ -218,13 +221,13 @@ class Store:
             ]
             if not jids:
                 return queued
-            queued.extend(self._sweep_jobs(jids, now))
+            queued.extend(self._sweep_jobs(jids, now, engine))
             if progress:
                 progress(len(jids))
             if len(jids) < limit:
                 return queued
 
-    def _sweep_jobs(self, jids: list[str], now: float) -> list[tuple[str, str, dict]]:
+    def _sweep_jobs(self, jids: list[str], now: float, engine: str | None = None) -> list[tuple[str, str, dict]]:
         k, ttl = self.keys, self.conf.ttl
 
         def fill(b: Batch) -> None:
@@ -268,8 +271,9 @@ class Store:
 
         self.run(enqueue)
         # A connected minion's start may have been served before these were known (the returner
-        # was behind, or a refusal came later): its engine looks again.
-        self.wake([minion for _, minion, new, _ in owed if new], None)
+        # was behind, or a refusal came later): its engine looks again. One no engine serves (its
+        # start reached none) goes to the sweeping engine, which asks it whether it is connected.
+        self.wake([minion for _, minion, new, _ in owed if new], engine)
         return [(jid, minion, job) for jid, minion, new, job in owed if new]
 
     # -- replay sequence (engine) --------------------------------------------------------
@@ -535,6 +539,11 @@ class Store:
         found = self.run(lambda b: [b.call("HMGET", seq(m), "via", "owner") for m in minions]) if minions else []
         return {m: _text(via or owner or b"") for m, (via, owner) in zip(minions, found, strict=True)}
 
+    def engine_alive(self, engine: str) -> bool:
+        """Has the engine beaten within 3 x claim_lease (what makes the others adopt its minions)?"""
+        score = guard(self.conf, self.client.zscore, self.keys.engines, engine)
+        return score is not None and self.now() * 1000 - float(score) < self.conf.claim_lease * 3000
+
     def heartbeat(self, engine: str, dead_after_ms: int) -> list[str]:
         """Say this engine is alive; returns the engines that have gone silent."""
         (r,) = self.run(
@@ -661,10 +670,11 @@ class Store:
         batch.call("ZADD", k.active(engine), "LT", 0, minion)
         batch.call("EXPIRE", k.active(engine), conf.ttl)
 
-    def stage_delivery(self, batch: Batch, jid: str, minion: str, at_ms: int) -> None:
-        """A minion acknowledged the job (``salt/job/<jid>/start/<id>``, Salt 3008 start_event)."""
+    def stage_delivery(self, batch: Batch, jid: str, minion: str, at_ms: int, acked: str = "") -> None:
+        """A minion acknowledged the job (``salt/job/<acked>/start/<id>``, Salt 3008 start_event)."""
         k = self.keys
-        batch.script("record_delivery", [k.targets(jid), k.returned(jid), k.retry(jid)], [self.conf.ttl, minion, at_ms])
+        args = [self.conf.ttl, minion, at_ms, acked or jid]
+        batch.script("record_delivery", [k.targets(jid), k.returned(jid), k.retry(jid)], args)
 
     # -- rate limit (engine) ------------------------------------------------------------
 

@@ -55,6 +55,7 @@ class Harness:
         self.clock = Clock()
         self.store = Store(self.redis, self.conf, clock=self.clock)
         self.recorder = Recorder(self.store, self.conf, Spool(str(spool_dir), self.conf.spool_max_bytes))
+        self.recorder.redis_retry_after = 0  # tests bring Redis back at once (see test_trust for the pause)
         self.published = []  # (minion, jid, fun, attempt)
         self.publish_meta = []
         self.events = []  # (tag, data)

@@ -1197,3 +1197,21 @@ def test_a_replays_own_new_is_not_listed_as_a_job_to_gather(h):
     h.store.sweep()
     h.record(new_event(minions=["beta"], job_retry_replay=True))  # the engine's publish of it
     assert h.store.unswept_in_buckets(["beta"]) == []
+
+
+def test_a_late_ack_of_an_earlier_re_send_does_not_mark_the_current_one_delivered(h):
+    # Found by the soak (FINDINGS F3, seed 6961).
+    owed_jobs(h, JID, fun="state.apply", arg=[])
+    h.start("beta")
+    h.drive("beta")
+    h.record(refusal_event("beta"))
+    h.clock.advance(3)
+    first = h.drive("beta")[0][1]  # the re-send under a fresh jid
+    h.record(refusal_event("beta", jid=first, orig=JID))
+    h.clock.advance(5)
+    second = h.drive("beta")[0][1]
+    assert second != first
+    h.record(ack_event("beta", jid=first, when=h.clock.now, metadata={"job_retry": {"orig_jid": JID}}))
+    assert state(h, JID)["state"] != "delivered"
+    h.record(ack_event("beta", jid=second, when=h.clock.now, metadata={"job_retry": {"orig_jid": JID}}))
+    assert state(h, JID)["state"] == "delivered"

@@ -1,6 +1,6 @@
 """Nothing a minion puts on the master's event bus is taken as the master's word."""
 
-from conftest import JID, T0, new_event
+from conftest import JID, T0, new_event, ret_event
 from salt_job_retry.replay import EngineLoop
 from test_replay import (
     OLDER,
@@ -88,6 +88,7 @@ def test_a_start_only_the_returner_saw_is_served_after_the_sweep(h):
     # The engine was restarting (or its subscriber fell behind) when beta started: only the
     # returner's event_return got salt/minion/beta/start. Found by the simulation (F1, seed 87).
     h.recorder.engine = "e1"
+    h.store.heartbeat("e1", 30_000)  # it ran until a moment ago
     h.record(new_event(minions=["alpha", "beta"], when=T0))  # beta is down
     h.clock.advance(2)
     assert h.recorder.record([start_event("beta", when=T0 + 2)]) == 1
@@ -102,3 +103,42 @@ def test_a_start_only_the_returner_saw_is_served_after_the_sweep(h):
 def test_a_start_is_not_noted_where_there_is_no_engine(h):
     assert h.recorder.engine is None  # a minion's --return job_retry, or a test without a master
     assert h.recorder.record([start_event("beta")]) == 0
+
+
+def test_after_redis_failed_the_job_cache_spools_without_waiting_on_it(h, monkeypatch):
+    # A Redis that hangs would hold every publish and every return for socket_timeout.
+    h.recorder.redis_retry_after = 60
+    h.server.connected = False
+    h.record(new_event(minions=["beta"]))
+    tries = []
+    monkeypatch.setattr(h.store, "ensure_clock", lambda: tries.append(1))
+    h.server.connected = True
+    h.record(ret_event("beta"))  # Redis is back, but the pause has not run out: spooled
+    assert tries == [] and h.store.job(JID) is None
+    h.recorder._redis_down_until = 0  # the pause ran out
+    monkeypatch.undo()
+    h.record(ret_event("beta"))
+    assert state(h, JID)["state"] == "returned"
+
+
+def test_a_start_is_not_noted_for_an_engine_that_does_not_run(h):
+    # event_return on a master without the engine (not configured, or not loaded yet): noting the
+    # start for it would hold the minion away from the engines that run. Review finding 4.
+    h.recorder.engine = "ghost"
+    assert h.recorder.record([start_event("beta")]) == 0
+    assert h.store.sequence("beta") == {}
+
+
+def test_a_minion_whose_start_nobody_noted_is_asked_and_served_by_the_sweeping_engine(h):
+    # The start came while no engine ran for minutes (event_return does not note starts for a
+    # dead engine): the sweep queues the job and its engine asks the minion (pid probe).
+    from test_replay import Probe
+
+    h.record(new_event(minions=["alpha", "beta"], when=T0))
+    probe = Probe({"beta": "4242"})
+    loop, clock, _ = loop_for(h, [], recorder=h.recorder, interval=2, probe=probe)
+    for _ in range(10):
+        clock[0] += 1
+        h.clock.advance(1)
+        loop.step()
+    assert probe.asked and h.published == [("beta", JID, "cmd.run", 1)]
