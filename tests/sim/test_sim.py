@@ -19,7 +19,7 @@ from . import soak
 from .world import World
 
 # seeds past the range that found a defect once (tests/sim/FINDINGS.md): kept as regression cases
-REGRESSION_SEEDS = [6961]
+REGRESSION_SEEDS = [6961, 9807, 10027, 10159]
 SEEDS = sorted(set(range(int(os.environ.get("JR_SIM_SEEDS", "500")))) | set(REGRESSION_SEEDS))
 
 # seed -> finding (tests/sim/FINDINGS.md)
