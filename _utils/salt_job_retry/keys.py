@@ -17,19 +17,23 @@ from urllib.parse import quote
 
 # `P:unswept` scores of swept jobs: SWEPT + publish time, beyond every sweep's cutoff.
 SWEPT = 10**11
-BUCKETS = 64  # `P:{u:<n>}`: unswept jobs by the buckets their targets hash to
-ALL_BUCKETS_FROM = 8 * BUCKETS  # targets from which a job is put in every bucket without hashing
+BUCKETS = 64  # `P:masks`: a job's targets as a 64-bit mask of buckets (CRC32 of the id mod 64)
+ALL = (1 << BUCKETS) - 1
+ALL_BUCKETS_FROM = 8 * BUCKETS  # targets from which a job is in every bucket without hashing them
 
 
 def bucket_of(minion: str) -> int:
     return zlib.crc32(minion.encode("utf-8", "surrogatepass")) % BUCKETS
 
 
-def buckets_of(minions: list[str]) -> list[int]:
-    """The buckets a job's targets fall in (every one for a broad job: hashing 10,000 ids costs more)."""
+def mask_of(minions: list[str]) -> int:
+    """The buckets a job's targets fall in, as a mask (all of them for a broad job)."""
     if len(minions) >= ALL_BUCKETS_FROM:
-        return list(range(BUCKETS))
-    return sorted({bucket_of(m) for m in minions})
+        return ALL
+    mask = 0
+    for m in minions:
+        mask |= 1 << bucket_of(m)
+    return mask
 
 
 class KeyDoc(NamedTuple):
@@ -91,11 +95,11 @@ SCHEMA = (
         "historical: it is the one job index)",
     ),
     KeyDoc(
-        "P:{u:<n>}",
-        "zset",
-        "jobs not swept yet that target a minion whose id hashes to bucket n (CRC32 mod 64; a job with 512+ "
-        "targets is in every bucket), scored by publish time: a start or a flush reads its minion's bucket, "
-        "not every unswept job; the sweep removes a job from its buckets",
+        "P:masks",
+        "hash",
+        "per job not swept yet: the buckets its targets' ids hash to (CRC32 mod 64) as a 64-bit mask, all "
+        "set for 512+ targets; a start or a flush asks target membership only of the jobs whose mask has "
+        "its minions' buckets (a job without a mask: always). The sweep deletes a job's field",
     ),
     KeyDoc("P:queues", "zset", "minions that have a queue, scored by last enqueue"),
     KeyDoc("P:stats", "hash", "counters (see `stats`)"),
@@ -112,6 +116,7 @@ class Keys:
         self.queues = f"{prefix}:queues"
         self.rate = f"{prefix}:rate"
         self.stats = f"{prefix}:stats"
+        self.masks = f"{prefix}:masks"
         # The engines' registry and work sets share one hash tag, so adopting a silent
         # engine's minions is one script.
         self.engines = f"{prefix}:{{active}}:engines"
@@ -141,9 +146,6 @@ class Keys:
 
     def seq(self, minion: str) -> str:
         return f"{self._minion(minion)}:seq"
-
-    def bucket(self, n: int) -> str:
-        return f"{self.prefix}:{{u:{n}}}"
 
     def active(self, engine: str) -> str:
         return f"{self.prefix}:{{active}}:{quote(engine, safe='')}"

@@ -26,7 +26,7 @@ from typing import Any
 
 from .config import Config
 from .events import fire_action
-from .keys import buckets_of
+from .keys import mask_of
 from .redis_io import Batch, RedisUnavailable, guard, pack
 from .spool import Spool
 from .store import Store
@@ -164,9 +164,7 @@ class Recorder:
         self.fire = fire  # for delivered/returned events of replays; None where there is no bus
         self._notices: list[tuple[str, str, str, dict]] = []
         self._new_jobs: list[tuple[int, str]] = []  # (batch index of record_new, jid)
-        self._buckets: set[int] = set()  # unswept-by-target buckets the batch added jobs to
         self._wanted: dict[str, bool] = {}
-        self._spooled = spool.has_data()  # else one stat() per call; only we append to it
         self._rejected = 0  # bus events dropped since the last log line about them
         self._rejected_logged = 0.0
         self._redis_down_until = 0.0  # monotonic: spool without trying Redis until then
@@ -266,8 +264,6 @@ class Recorder:
             self.store.stage_excluded_job(batch, jid, job)
             return True
         targets = valid_minions(minions)
-        # a replay's own `new` (our publish) is not a job to gather: it is swept or queued already
-        job["buckets"] = [] if data.get("job_retry_replay") else buckets_of(targets)
         blob = pack(job)
         if len(blob) > self.conf.max_job_bytes:
             log.warning(
@@ -281,8 +277,9 @@ class Recorder:
             return True
         if len(targets) != len(minions):
             log.warning("job_retry: job %s: ignoring %d invalid minion id(s)", jid, len(minions) - len(targets))
-        self._buckets.update(job["buckets"])
-        self._new_jobs.append((self.store.stage_job(batch, jid, blob, job["time"], targets, job["buckets"]), jid))
+        # a replay's own `new` (our publish) is not a job to gather: it is swept or queued already
+        mask = None if data.get("job_retry_replay") else mask_of(targets)
+        self._new_jobs.append((self.store.stage_job(batch, jid, blob, job["time"], targets, mask), jid))
         return True
 
     def _stage_ret(self, batch: Batch, jid: str, minion: str, data: dict) -> bool:
@@ -347,7 +344,9 @@ class Recorder:
         if time.monotonic() < self._redis_down_until:  # Redis failed a moment ago: do not wait on it
             self._spool(fresh, None)
             return 0
-        if self._spooled and not self.flush_spool():
+        # the spool is shared by every process of the master (workers, EventReturn, engine): what
+        # another one spooled (a job) must be written before this (its return), so look every time
+        if self.spool.has_data() and not self.flush_spool():
             self._spool(fresh, None)
             return 0
         if not fresh:
@@ -371,14 +370,12 @@ class Recorder:
         except Exception:  # the events stay spooled; never raise into Salt
             log.exception("job_retry: could not write the spool to Redis; keeping it")
             return False
-        self._spooled = False
         return True
 
     def _write(self, events: list[tuple], spool_on_failure: bool) -> int:
         batch = self.store.batch()
         self._notices = []
         self._new_jobs: list[tuple[int, str]] = []
-        self._buckets: set[int] = set()
         try:
             self.store.ensure_clock()  # event stamps go on Redis' clock: measured once per process
         except RedisUnavailable as exc:
@@ -391,7 +388,7 @@ class Recorder:
         if not len(batch):
             return 0
         if self._new_jobs:
-            self.store.stage_index_ttl(batch, sorted(self._buckets))
+            self.store.stage_index_ttl(batch)
         try:
             clock_op, before = self.store.stage_clock(batch), self.store.clock()
             results = guard(self.conf, batch.execute)
@@ -425,7 +422,6 @@ class Recorder:
         relevant = [(t, d) for t, d in events if isinstance(t, str) and t.startswith(SPOOLED_PREFIXES)]
         if not relevant:
             return
-        self._spooled = True
         try:
             kept = self.spool.append(relevant)
         except OSError as err:

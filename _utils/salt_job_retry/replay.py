@@ -234,12 +234,9 @@ class Replayer:
         fire_action(self.fire, "replayed", claim.jid, minion, **data)
         return pub_jid
 
-    def sweep(self, progress: Callable[[int], None] | None = None, serve: bool = False) -> list[tuple[str, str, dict]]:
-        """
-        Queue what came due and fire a ``queued`` event per newly queued pair. serve: this engine
-        takes the minions no engine serves (it asks each whether it is connected to its master).
-        """
-        queued = self.store.sweep(progress=progress, engine=self.engine if serve else None)
+    def sweep(self, progress: Callable[[int], None] | None = None) -> list[tuple[str, str, dict]]:
+        """Queue what came due and fire a ``queued`` event per newly queued pair."""
+        queued = self.store.sweep(progress=progress)
         for jid, minion, job in queued:
             fire_action(self.fire, "queued", jid, minion, fun=job.get("fun"))
         if queued:
@@ -410,7 +407,7 @@ class EngineLoop:
         if self.woken or now >= self.next_poll:
             self._serve_due()
         if self.clock() >= self.next_sweep:
-            self.replayer.sweep(serve=True)
+            self.replayer.sweep()
             self.next_sweep = self.clock() + self.interval
         if self.backoff:
             log.warning("job_retry: Redis is reachable again; engine resumed")

@@ -20,7 +20,7 @@ from typing import Any
 import redis
 
 from .config import Config
-from .keys import BUCKETS, SWEPT, Keys, bucket_of
+from .keys import SWEPT, Keys, bucket_of
 from .redis_io import Batch, guard, pack, unpack
 from .redis_io import text as _text
 
@@ -151,12 +151,12 @@ class Store:
     # -- recording (returner) -------------------------------------------------------
 
     def stage_job(
-        self, batch: Batch, jid: str, blob: bytes, published: float, minions: Iterable[str], buckets: Iterable[int] = ()
+        self, batch: Batch, jid: str, blob: bytes, published: float, minions: Iterable[str], mask: int | None = None
     ) -> int:
         """
         Record a published job (packed) and merge its targets (a replay's `new` names one minion).
         Returns the batch index whose result is 0 if jid is a replay's or a retry's fresh jid.
-        `buckets`: the unswept-by-target buckets to list it in (none for a replay's `new`).
+        `mask`: the buckets of its targets (keys.mask_of); None for a replay's `new`.
         """
         k, ttl = self.keys, self.conf.ttl
         if minions:
@@ -164,17 +164,15 @@ class Store:
             batch.call("EXPIRE", k.targets(jid), ttl)
         index = batch.script("record_new", [k.job(jid), k.alias(jid), k.returned(jid), k.retry(jid)], [ttl, blob])
         batch.call("ZADD", k.unswept, "NX", published, jid)
-        for n in buckets:
-            batch.call("ZADD", k.bucket(n), "NX", published, jid)
+        if mask is not None:
+            batch.call("HSETNX", k.masks, jid, mask)
         return index
 
-    def stage_index_ttl(self, batch: Batch, buckets: Iterable[int] = ()) -> None:
-        """Renew the job indexes' TTL (and drop expired jobs from the buckets): once per batch, not per job."""
+    def stage_index_ttl(self, batch: Batch) -> None:
+        """Renew the job indexes' TTL: once per batch that added jobs (not once per job)."""
         k, ttl = self.keys, self.conf.ttl
         batch.call("EXPIRE", k.unswept, ttl)
-        for n in buckets:
-            batch.call("ZREMRANGEBYSCORE", k.bucket(n), "-inf", self.now() - ttl)
-            batch.call("EXPIRE", k.bucket(n), ttl)
+        batch.call("EXPIRE", k.masks, ttl)
 
     def forget_aliases(self, jids: list[str]) -> None:
         """A fresh jid is a copy of its original, not a job: out of the job indexes."""
@@ -201,12 +199,9 @@ class Store:
 
     # -- sweep ----------------------------------------------------------------------
 
-    def sweep(
-        self, limit: int = 500, progress: Callable[[int], None] | None = None, engine: str | None = None
-    ) -> list[tuple[str, str, dict]]:
+    def sweep(self, limit: int = 500, progress: Callable[[int], None] | None = None) -> list[tuple[str, str, dict]]:
         """
-        Queue the missing minions of every job published more than `timeout` ago. A minion no
-        engine serves is put on `engine`'s work set (if given), which asks it for its pid first.
+        Queue the missing minions of every job published more than `timeout` ago.
 
         Returns the newly queued (jid, minion, job). Cost grows with the jobs that
         came due, not with everything stored: only `unswept` is read.
@@ -221,13 +216,13 @@ class Store:
             ]
             if not jids:
                 return queued
-            queued.extend(self._sweep_jobs(jids, now, engine))
+            queued.extend(self._sweep_jobs(jids, now))
             if progress:
                 progress(len(jids))
             if len(jids) < limit:
                 return queued
 
-    def _sweep_jobs(self, jids: list[str], now: float, engine: str | None = None) -> list[tuple[str, str, dict]]:
+    def _sweep_jobs(self, jids: list[str], now: float) -> list[tuple[str, str, dict]]:
         k, ttl = self.keys, self.conf.ttl
 
         def fill(b: Batch) -> None:
@@ -238,14 +233,11 @@ class Store:
         results = self.run(fill)
         owed: list[tuple[str, str, bool, dict]] = []
         published: dict[str, float] = {}
-        buckets: dict[int, list[str]] = {}
         for i, jid in enumerate(jids):
             pairs, blob = results[2 * i], results[2 * i + 1]
             job = unpack(blob) if blob else {}
             if job:
                 published[jid] = float(job.get("time", now))
-            for n in job.get("buckets", ()):
-                buckets.setdefault(n, []).append(jid)
             owed.extend((jid, _text(pairs[j]), pairs[j + 1] == 1, job) for j in range(0, len(pairs), 2))
 
         def enqueue(b: Batch) -> None:
@@ -261,8 +253,7 @@ class Store:
                 b.call("ZREM", k.unswept, *gone)
             for jid, at in published.items():
                 b.call("ZADD", k.unswept, "XX", SWEPT + at, jid)
-            for n, swept in buckets.items():  # swept: a start or a flush finds it in the minion's queue
-                b.call("ZREM", k.bucket(n), *swept)
+            b.call("HDEL", k.masks, *jids)  # swept: a start or a flush finds it in the minion's queue
             b.call("ZREMRANGEBYSCORE", k.unswept, SWEPT, SWEPT + now - ttl)  # their keys have expired
             fresh = sum(1 for _, _, new, _ in owed if new)
             if fresh:
@@ -271,9 +262,8 @@ class Store:
 
         self.run(enqueue)
         # A connected minion's start may have been served before these were known (the returner
-        # was behind, or a refusal came later): its engine looks again. One no engine serves (its
-        # start reached none) goes to the sweeping engine, which asks it whether it is connected.
-        self.wake([minion for _, minion, new, _ in owed if new], engine)
+        # was behind, or a refusal came later): its engine looks again.
+        self.wake([minion for _, minion, new, _ in owed if new], None)
         return [(jid, minion, job) for jid, minion, new, job in owed if new]
 
     # -- replay sequence (engine) --------------------------------------------------------
@@ -284,37 +274,37 @@ class Store:
 
     def owed_candidates(self, minions: list[str]) -> dict[str, list[str]]:
         """
-        Jids that may be owed to each minion: its queue, and the not-yet-swept jobs that target it
-        (read from the minions' buckets: one SMISMEMBER per job there for all of them at once).
+        Jids that may be owed to each minion: the not-yet-swept jobs that target it (one
+        SMISMEMBER per job whose mask has its bucket, for all the minions at once), then its queue
+        (read second: a sweep in between moves a job from the first to the second, never out).
         """
         k = self.keys
+        jobs = [j for j, _ in self.unswept_for(minions)] if minions else []
+        flags = self.run(lambda b: [b.call("SMISMEMBER", k.targets(j), *minions) for j in jobs]) if jobs else []
         queues = self.run(lambda b: [b.call("ZRANGE", k.queue(m), 0, -1) for m in minions]) if minions else []
         found = {m: [_text(j) for j in q] for m, q in zip(minions, queues, strict=True)}
-        jobs = [j for j, _ in self.unswept_in_buckets(minions)] if minions else []
-        flags = self.run(lambda b: [b.call("SMISMEMBER", k.targets(j), *minions) for j in jobs]) if jobs else []
         for jid, row in zip(jobs, flags, strict=True):
             for m, hit in zip(minions, row, strict=True):
                 if hit and jid not in found[m]:
                     found[m].append(jid)
         return found
 
-    def unswept_in_buckets(self, minions: list[str]) -> list[tuple[str, float]]:
+    def unswept_for(self, minions: list[str]) -> list[tuple[str, float]]:
         """
-        (jid, published) of the jobs not swept yet that may target one of `minions`: those listed in
-        their buckets (all unswept jobs when they span every bucket, as a master restart's starts do).
+        (jid, published) of the jobs not swept yet that may target one of `minions`: two commands
+        (the index and the jobs' target masks) whatever the number of unrelated jobs; a job
+        without a mask (recorded by an older version) may target anyone.
         """
         k = self.keys
-        wanted = sorted({bucket_of(m) for m in minions})
-        if len(wanted) == BUCKETS:
-            rows = guard(self.conf, self.client.zrangebyscore, k.unswept, "-inf", f"({SWEPT}", None, None, True)
-            return [(_text(jid), float(score)) for jid, score in rows]
-        listed = self.run(lambda b: [b.call("ZRANGE", k.bucket(n), 0, -1) for n in wanted])
-        jids = list(dict.fromkeys(_text(j) for rows in listed for j in rows))
-        if not jids:
+        rows = guard(self.conf, self.client.zrangebyscore, k.unswept, "-inf", f"({SWEPT}", None, None, True)
+        if not rows:
             return []
-        (scores,) = self.run(lambda b: [b.call("ZMSCORE", k.unswept, *jids)])
-        # a bucket may still list a fresh jid (forgotten) or a job the sweep is handling
-        return [(j, float(s)) for j, s in zip(jids, scores, strict=True) if s is not None and float(s) < SWEPT]
+        jobs = [(_text(jid), float(score)) for jid, score in rows]
+        (masks,) = self.run(lambda b: [b.call("HMGET", k.masks, *[j for j, _ in jobs])])
+        want = 0
+        for m in minions:
+            want |= 1 << bucket_of(m)
+        return [job for job, mask in zip(jobs, masks, strict=True) if mask is None or int(mask) & want]
 
     def note_starts(self, engine: str, starts: dict[str, tuple[int, str]]) -> dict[str, list[str]]:
         """
@@ -342,7 +332,7 @@ class Store:
         if not minions:
             return
         k = self.keys
-        jobs = self.unswept_in_buckets(minions)
+        jobs = self.unswept_for(minions)
         if not jobs:
             return
         # one command per job for all the minions that started (a master restart: thousands at once)

@@ -1157,7 +1157,7 @@ def test_the_same_connection_seen_through_the_other_master_a_moment_later_keeps_
     assert h.step("beta", engine="e2") == Step(held_by="e1")
 
 
-# -- a start and a flush read their minions' buckets, not every unswept job --------------------------
+# -- a start and a flush ask target membership only of jobs whose mask has their bucket -------------
 
 
 def other_minions_in_other_buckets(n, of="beta"):
@@ -1170,33 +1170,31 @@ def test_a_start_reads_only_the_unswept_jobs_that_may_target_its_minion(h):
     others = other_minions_in_other_buckets(30)
     h.record(*[new_event(jid=f"2026112212{i:010d}", minions=[m]) for i, m in enumerate(others)])
     h.record(new_event(minions=["beta"]))
-    assert [j for j, _ in h.store.unswept_in_buckets(["beta"])] == [JID]
+    assert [j for j, _ in h.store.unswept_for(["beta"])] == [JID]
     assert h.serve("beta").replayed == [JID]
 
 
-def test_the_sweep_takes_a_job_out_of_its_buckets(h):
+def test_the_sweep_drops_a_jobs_mask(h):
     h.record(new_event(minions=["alpha", "beta"]))
     h.clock.advance(h.conf.timeout + 1)
     h.store.sweep()
-    assert h.store.unswept_in_buckets(["alpha", "beta"]) == []
+    assert h.store.unswept_for(["alpha", "beta"]) == [] and not h.redis.hexists(h.store.keys.masks, JID)
     assert h.serve("beta").replayed == [JID]  # from its queue now
 
 
-def test_a_broad_job_is_in_every_bucket_without_hashing_its_targets(h):
-    from salt_job_retry.keys import ALL_BUCKETS_FROM, BUCKETS, buckets_of
+def test_a_broad_job_has_every_bucket_without_hashing_its_targets(h):
+    from salt_job_retry.keys import ALL, ALL_BUCKETS_FROM, mask_of
 
     fleet = [f"web{i}" for i in range(ALL_BUCKETS_FROM)]
-    assert buckets_of(fleet) == list(range(BUCKETS))
+    assert mask_of(fleet) == ALL
     h.record(new_event(minions=fleet))
-    assert [j for j, _ in h.store.unswept_in_buckets(["web7"])] == [JID]
+    assert [j for j, _ in h.store.unswept_for(["web7"])] == [JID]
 
 
-def test_a_replays_own_new_is_not_listed_as_a_job_to_gather(h):
-    h.record(new_event(minions=["beta"]))
-    h.clock.advance(h.conf.timeout + 1)
-    h.store.sweep()
-    h.record(new_event(minions=["beta"], job_retry_replay=True))  # the engine's publish of it
-    assert h.store.unswept_in_buckets(["beta"]) == []
+def test_a_job_without_a_mask_may_target_anyone(h):
+    h.record(new_event(minions=["alpha"]))
+    h.redis.hdel(h.store.keys.masks, JID)  # recorded by 0.1
+    assert [j for j, _ in h.store.unswept_for(["beta"])] == [JID]
 
 
 def test_a_late_ack_of_an_earlier_re_send_does_not_mark_the_current_one_delivered(h):

@@ -129,16 +129,14 @@ def test_a_start_is_not_noted_for_an_engine_that_does_not_run(h):
     assert h.store.sequence("beta") == {}
 
 
-def test_a_minion_whose_start_nobody_noted_is_asked_and_served_by_the_sweeping_engine(h):
-    # The start came while no engine ran for minutes (event_return does not note starts for a
-    # dead engine): the sweep queues the job and its engine asks the minion (pid probe).
-    from test_replay import Probe
-
-    h.record(new_event(minions=["alpha", "beta"], when=T0))
-    probe = Probe({"beta": "4242"})
-    loop, clock, _ = loop_for(h, [], recorder=h.recorder, interval=2, probe=probe)
-    for _ in range(10):
-        clock[0] += 1
-        h.clock.advance(1)
-        loop.step()
-    assert probe.asked and h.published == [("beta", JID, "cmd.run", 1)]
+def test_a_return_written_by_one_worker_waits_for_the_job_another_worker_spooled(make):
+    # Salt's workers share the spool: a job one of them spooled (Redis paused for it) must be
+    # written before a return another one records. Review 2, finding 2.
+    one, two = make(), make()  # two worker processes of one master, one Redis, one spool dir
+    one.recorder.redis_retry_after = 60
+    one.server.connected = False
+    one.record(new_event(minions=["beta"]))  # worker one: Redis blipped; the job is spooled
+    one.server.connected = True
+    one.record(new_event(jid="20261122050816460009", minions=["alpha"]))  # still paused: spooled too
+    assert two.record(ret_event("beta")) == 1  # worker two drains the spool first
+    assert state(two, JID)["state"] == "returned"

@@ -40,8 +40,8 @@ if proc == pid then
   end
   return {'same-owned', via or owner}
 end
--- A process found by asking (stamp 0): it connected about now, as far as we can tell.
-if stamp == 0 then stamp = now end
+-- A process found by asking (stamp 0) replaced the one we knew: it connected about now.
+if proc and stamp == 0 then stamp = now end
 if proc and stamp < born then return {'stale'} end
 redis.call('HSET', seq, 'proc', pid, 'born', stamp, 'started', stamp, 'owner', engine, 'lease', now + tonumber(ARGV[4]),
            'via', engine, 'via_at', stamp)
