@@ -63,7 +63,18 @@ JID_QUEUE = 100  # Salt's minion_jid_queue_hwm
 TRUSTED_SUPPORTED = "trusted" in inspect.signature(Recorder.record).parameters
 SPOOL_ROOT = tempfile.mkdtemp(prefix="jr-sim-spool-")  # never written: Redis never goes down here
 
-logging.getLogger("salt_job_retry").setLevel(logging.CRITICAL)
+
+@contextmanager
+def quiet_core():
+    """The core's log lines (thousands per history) off while a history runs, and back after:
+    other tests in the same process read them (caplog)."""
+    core = logging.getLogger("salt_job_retry")
+    saved = core.level
+    core.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        core.setLevel(saved)
 
 
 def record(recorder: Recorder, events: list[dict], trusted: bool) -> None:
@@ -710,7 +721,7 @@ class World:
             self.advance(self.rng.uniform(30, 150))
 
     def run(self) -> World:
-        with fakeredis_clock(self):
+        with fakeredis_clock(self), quiet_core():
             self.pump()
             for _ in range(self.p.actions):
                 self.act()
