@@ -279,15 +279,28 @@ class Store:
         (read second: a sweep in between moves a job from the first to the second, never out).
         """
         k = self.keys
-        jobs = [j for j, _ in self.unswept_for(minions)] if minions else []
-        flags = self.run(lambda b: [b.call("SMISMEMBER", k.targets(j), *minions) for j in jobs]) if jobs else []
+        unswept = self.unswept_targeting(minions)
         queues = self.run(lambda b: [b.call("ZRANGE", k.queue(m), 0, -1) for m in minions]) if minions else []
         found = {m: [_text(j) for j in q] for m, q in zip(minions, queues, strict=True)}
-        for jid, row in zip(jobs, flags, strict=True):
-            for m, hit in zip(minions, row, strict=True):
-                if hit and jid not in found[m]:
-                    found[m].append(jid)
+        for m, jid, _ in unswept:
+            if jid not in found[m]:
+                found[m].append(jid)
         return found
+
+    def unswept_targeting(self, minions: list[str]) -> list[tuple[str, str, float]]:
+        """(minion, jid, published) of the not-yet-swept jobs that target each of `minions`: one
+        SMISMEMBER per job whose mask may hold them, for all of them at once (a master restart)."""
+        jobs = self.unswept_for(minions) if minions else []
+        if not jobs:
+            return []
+        k = self.keys
+        member = self.run(lambda b: [b.call("SMISMEMBER", k.targets(j), *minions) for j, _ in jobs])
+        return [
+            (m, jid, published)
+            for (jid, published), flags in zip(jobs, member, strict=True)
+            for m, flag in zip(minions, flags, strict=True)
+            if flag
+        ]
 
     def unswept_for(self, minions: list[str]) -> list[tuple[str, float]]:
         """
@@ -329,18 +342,7 @@ class Store:
 
     def gather_unswept(self, minions: list[str]) -> None:
         """Queue, for each minion, the not-yet-swept jobs that target it (the sweep has not yet)."""
-        if not minions:
-            return
-        k = self.keys
-        jobs = self.unswept_for(minions)
-        if not jobs:
-            return
-        # one command per job for all the minions that started (a master restart: thousands at once)
-        member = self.run(lambda b: [b.call("SMISMEMBER", k.targets(j), *minions) for j, _ in jobs])
-        hits = []
-        for (jid, published), flags in zip(jobs, member, strict=True):
-            hits += [(m, jid, published) for m, flag in zip(minions, flags, strict=True) if flag]
-
+        hits = self.unswept_targeting(minions)
         if hits:  # listed in `queues` too, so `pending` and `stats` show them before the sweep
             self.run(lambda b: self._stage_queue(b, hits, self.now()))
 

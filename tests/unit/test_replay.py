@@ -1197,12 +1197,17 @@ def test_a_job_without_a_mask_may_target_anyone(h):
     assert [j for j, _ in h.store.unswept_for(["beta"])] == [JID]
 
 
-def test_a_late_ack_of_an_earlier_re_send_does_not_mark_the_current_one_delivered(h):
-    # Found by the soak (FINDINGS F3, seed 6961).
+def replayed_and_refused(h):
+    """JID (a state run) is owed to beta, replayed once, and refused: another state run holds beta."""
     owed_jobs(h, JID, fun="state.apply", arg=[])
     h.start("beta")
     h.drive("beta")
     h.record(refusal_event("beta"))
+
+
+def test_a_late_ack_of_an_earlier_re_send_does_not_mark_the_current_one_delivered(h):
+    # Found by the soak (FINDINGS F3, seed 6961).
+    replayed_and_refused(h)
     h.clock.advance(3)
     first = h.drive("beta")[0][1]  # the re-send under a fresh jid
     h.record(refusal_event("beta", jid=first, orig=JID))

@@ -21,6 +21,7 @@ from test_replay import (
     queue,
     refusal_event,
     replay_ret,
+    replayed_and_refused,
     retry_field,
     start_event,
     state,
@@ -267,10 +268,7 @@ def test_f6_blip_after_a_fresh_jid_publish_does_not_publish_it_twice(make):
 
 def refused_then_publishes_raise_after_sending(h):
     """JID's replay was refused; from now on every publish goes out, then raises (reply lost)."""
-    owed_jobs(h, JID, fun="state.apply", arg=[])
-    h.start("beta")
-    h.drive("beta")
-    h.record(refusal_event("beta"))
+    replayed_and_refused(h)
     h.clock.advance(2)
     real = h.publish
 
